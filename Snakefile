@@ -1,0 +1,21 @@
+# One DAG for both engines: these rules define the graph; `python -m stages dvc` writes dvc.yaml from it.
+# params.yaml is the configfile; profiles overlay it: snakemake --configfile params.yaml config/paper.yaml
+from stages.common.params import validate
+from stages.common.workflow import STAGE_SHELL, code_inputs, stage_params
+
+
+configfile: "params.yaml"
+
+
+validate(config, source="Snakemake config (params.yaml and overlays)")
+
+report: "report/workflow.rst"
+
+
+include: "stages/koopman/rules.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.koopman_all.input,

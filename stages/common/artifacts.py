@@ -1,0 +1,165 @@
+"""Versioned artifacts: Parquet tables with an explicit schema, checkpoints with a sidecar.
+
+Every artifact carries the same provenance (see `provenance.py`): in the Parquet schema metadata under
+one namespaced key, and in a `<checkpoint>.json` sidecar for checkpoints. Writes are atomic (temp file in
+the same folder, fsync, rename), so a process killed at any moment leaves the old artifact or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PROVENANCE_KEY = b"workbench.provenance"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, corrupt, or does not have the schema its reader expects."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_table(path: str | os.PathLike, table: pa.Table, schema: pa.Schema,
+                provenance: Mapping | None = None) -> Path:
+    """Write `table` (cast to `schema`) to Parquet atomically, with provenance in the schema metadata."""
+    path = Path(path)
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ArtifactError(f"{path}: table to write lacks column(s) {missing} of its schema")
+    table = table.select(schema.names).cast(schema)
+    if provenance is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet artifact; when `schema` is given, check every column's presence and type."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: artifact does not exist")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for truncated/garbage files
+        raise ArtifactError(f"{path}: not a readable Parquet file ({exc})") from exc
+    if schema is not None:
+        check_schema(path, table.schema, schema)
+    return table
+
+
+def check_schema(path: str | os.PathLike, actual: pa.Schema, expected: pa.Schema) -> None:
+    for field in expected:
+        idx = actual.get_field_index(field.name)
+        if idx < 0:
+            raise ArtifactError(f"{path}: missing column '{field.name}' (expected {field.type})")
+        if not actual.field(idx).type.equals(field.type):
+            raise ArtifactError(
+                f"{path}: column '{field.name}' has type {actual.field(idx).type}, expected {field.type}")
+
+
+def read_provenance(path: str | os.PathLike) -> dict:
+    """Provenance of a Parquet artifact (schema metadata) or a checkpoint (its sidecar)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except Exception as exc:
+            raise ArtifactError(f"{path}: not a readable Parquet file ({exc})") from exc
+        raw = meta.get(PROVENANCE_KEY)
+        return json.loads(raw) if raw else {}
+    return _read_sidecar(path)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(f"{path}.json")
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: Mapping, provenance: Mapping) -> Path:
+    """Save a dict of tensors as safetensors plus a JSON sidecar holding provenance and the file hash.
+
+    The checkpoint is renamed into place first and the sidecar last; readers demand a sidecar whose
+    recorded hash matches, so a kill between the two renames leaves nothing a reader accepts.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sidecar_path(path).unlink(missing_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    sidecar = {"provenance": dict(provenance), "sha256": file_sha256(path)}
+    with atomic_path(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _read_sidecar(path: Path) -> dict:
+    side = sidecar_path(path)
+    if not side.exists():
+        raise ArtifactError(f"{path}: checkpoint has no sidecar {side.name} (incomplete write?)")
+    try:
+        return json.loads(side.read_text())["provenance"]
+    except (ValueError, KeyError) as exc:
+        raise ArtifactError(f"{side}: corrupt checkpoint sidecar ({exc})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike, expected_keys: list[str] | None = None) -> dict:
+    """Load a safetensors checkpoint after checking it against its sidecar's hash."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: checkpoint does not exist")
+    _read_sidecar(path)
+    recorded = json.loads(sidecar_path(path).read_text()).get("sha256")
+    if recorded != file_sha256(path):
+        raise ArtifactError(f"{path}: checkpoint bytes do not match the hash in its sidecar (corrupt?)")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if expected_keys is not None:
+        missing = sorted(set(expected_keys) - set(tensors))
+        if missing:
+            raise ArtifactError(f"{path}: checkpoint lacks tensor(s) {missing}")
+    return tensors
+
+
+def write_json(path: str | os.PathLike, data: Mapping) -> Path:
+    """Metrics files for `dvc metrics show`: plain JSON, atomically written, no provenance inside."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return Path(path)

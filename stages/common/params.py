@@ -1,0 +1,119 @@
+"""Params: load `params.yaml` (plus profile overlays), validate against the schema, select dotted keys.
+
+The schema is composed from one `params.schema.yaml` per method folder (`stages/<method>/`), each
+describing `params[<method>]`. Every object in it forbids unknown keys, so a typo stops the run with a
+message naming the key before any work is done.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+class ParamsError(ValueError):
+    """A params file or value does not match the schema."""
+
+
+def method_dirs() -> list[Path]:
+    return sorted(p.parent for p in PACKAGE_DIR.glob("*/params.schema.yaml"))
+
+
+@lru_cache(maxsize=1)
+def full_schema() -> dict:
+    props = {d.name: yaml.safe_load((d / "params.schema.yaml").read_text()) for d in method_dirs()}
+    return {"type": "object", "properties": props, "required": sorted(props),
+            "additionalProperties": False}
+
+
+def deep_merge(base: Mapping, overlay: Mapping) -> dict:
+    """Overlay wins; nested mappings merge key by key (the same rule Snakemake applies to configfiles)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(*files: str | Path) -> dict:
+    """Load and deep-merge params files in order, then validate the result."""
+    merged: dict = {}
+    for f in files:
+        try:
+            data = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ParamsError(f"{f}: cannot read params file ({exc})") from exc
+        if not isinstance(data, Mapping):
+            raise ParamsError(f"{f}: params file must hold a mapping at the top level")
+        merged = deep_merge(merged, data)
+    validate(merged, source=", ".join(map(str, files)))
+    return merged
+
+
+def _format_error(err: jsonschema.ValidationError, prefix: str = "") -> str:
+    where = ".".join([prefix] * bool(prefix) + [str(p) for p in err.absolute_path])
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        keys = ", ".join(f"'{where + '.' if where else ''}{k}'" for k in extra)
+        return f"unknown key {keys} (allowed here: {', '.join(allowed)})"
+    if err.validator == "required":
+        return f"{where or '<top>'}: {err.message}"
+    return f"key '{where}': {err.message}"
+
+
+def validate(params: Any, source: str = "params", schema: Mapping | None = None,
+             prefix: str = "") -> None:
+    """Raise ParamsError listing every violation, each naming its dotted key."""
+    validator = jsonschema.Draft202012Validator(schema or full_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_format_error(e, prefix) for e in errors)
+        raise ParamsError(f"invalid params in {source}:\n  {lines}")
+
+
+def get_path(params: Mapping, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ParamsError(f"params key '{dotted}' does not exist (missing '{part}')")
+        node = node[part]
+    return node
+
+
+def schema_at(dotted: str) -> dict:
+    """The sub-schema describing the value at a dotted key."""
+    node: dict = full_schema()
+    for part in dotted.split("."):
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            raise ParamsError(f"params key '{dotted}' is not in the schema")
+    return node
+
+
+def select(params: Mapping, dotted_keys: Iterable[str]) -> dict:
+    """{dotted key: value} for exactly the keys a stage reads."""
+    return {k: copy.deepcopy(get_path(params, k)) for k in dotted_keys}
+
+
+def validate_selected(selected: Mapping[str, Any], source: str) -> None:
+    for key, value in selected.items():
+        validate(value, source=source, schema=schema_at(key), prefix=key)
+
+
+def params_hash(selected: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(selected, sort_keys=True).encode()).hexdigest()[:16]

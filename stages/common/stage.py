@@ -1,0 +1,169 @@
+"""Run one stage: resolve its params, seed everything, hand it a context, log timings.
+
+Both engines call the same command, `python -m stages run <module> ...`:
+  Snakemake passes the values it resolved from its config as JSON (`--params-json`), so profile
+  overlays and `--config` overrides reach the stage; DVC passes `--params-file params.yaml` and the
+  runner reads exactly the dotted keys named in `--keys`. Either way the stage sees the same dict and
+  writes the same bytes.
+A stage module defines `run(ctx: StageContext) -> None`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from stages.common import artifacts
+from stages.common.code import ROOT, code_sha256
+from stages.common.params import load_params, params_hash, select, validate_selected
+
+KEY_PACKAGES = ("numpy", "pandas", "pyarrow", "torch")
+log = logging.getLogger("stages")
+
+
+@lru_cache(maxsize=1)
+def git_version() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class StageContext:
+    """What a stage sees: its params (by alias), its input and output paths (by name), and helpers
+    that stamp provenance on everything it writes."""
+
+    stage: str
+    params: dict[str, Any]
+    param_keys: dict[str, str]
+    inputs: dict[str, Path | list[Path]]
+    outputs: dict[str, Path]
+    threads: int = 1
+    seed_value: int | None = None
+    _input_hashes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        """The `--seed` the engine passed (a seed wildcard), else a param aliased `seed`, else 0."""
+        if self.seed_value is not None:
+            return self.seed_value
+        return int(self.params.get("seed", 0))
+
+    def provenance(self) -> dict:
+        if not self._input_hashes:
+            self._input_hashes = {
+                name: ([artifacts.file_sha256(p) for p in paths] if isinstance(paths, list)
+                       else artifacts.file_sha256(paths))
+                for name, paths in self.inputs.items()}
+        dotted = {self.param_keys[a]: v for a, v in self.params.items()}
+        return {"stage": self.stage, "params": dotted, "params_hash": params_hash(dotted),
+                "seed": self.seed, "code_version": git_version(), "code_sha256": code_sha256(self.stage),
+                "inputs": self._input_hashes, "packages": package_versions()}
+
+    def write_table(self, name: str, table: pa.Table, schema: pa.Schema) -> Path:
+        return artifacts.write_table(self.outputs[name], table, schema, self.provenance())
+
+    def save_checkpoint(self, name: str, tensors: Mapping) -> Path:
+        return artifacts.save_checkpoint(self.outputs[name], tensors, self.provenance())
+
+    def write_json(self, name: str, data: Mapping) -> Path:
+        return artifacts.write_json(self.outputs[name], data)
+
+    def progress(self, iterable: Iterable | None = None, **kwargs):
+        """A progress bar on a terminal; silent when output goes to a log file."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, disable=None, mininterval=1.0, **kwargs)
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"stages run: {what} '{item}' must look like name=value")
+        out[name] = value
+    return out
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", help="stage module under stages/, e.g. koopman.train")
+    ap.add_argument("--keys", nargs="*", default=[], help="alias=dotted.params.key for each param read")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--params-json", help="{dotted key: value} resolved by Snakemake")
+    src.add_argument("--params-file", nargs="+", help="params.yaml (and overlays), read by DVC")
+    ap.add_argument("--in", dest="inputs", nargs="*", default=[], help="name=path[,path...]")
+    ap.add_argument("--out", dest="outputs", nargs="*", default=[], help="name=path")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=None, help="seed from a {seed} wildcard")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    keys = _pairs(args.keys, "--keys")
+    if args.params_json is not None:
+        values = json.loads(args.params_json)
+        selected = {dotted: values[dotted] for dotted in keys.values()}
+        validate_selected(selected, source="--params-json")
+    else:
+        selected = select(load_params(*args.params_file), keys.values())
+    inputs = {n: ([Path(p) for p in v.split(",")] if "," in v else Path(v))
+              for n, v in _pairs(args.inputs, "--in").items()}
+    outputs = {n: Path(v) for n, v in _pairs(args.outputs, "--out").items()}
+    ctx = StageContext(stage=args.stage, params={a: selected[d] for a, d in keys.items()},
+                       param_keys=keys, inputs=inputs, outputs=outputs, threads=args.threads,
+                       seed_value=args.seed)
+
+    module = importlib.import_module(f"stages.{args.stage}")
+    seed_everything(ctx.seed, args.threads)
+    start = time.perf_counter()
+    log.info("stage %s: params %s", args.stage, json.dumps(ctx.provenance()["params"], sort_keys=True))
+    module.run(ctx)
+    missing = [str(p) for p in outputs.values() if not p.exists()]
+    if missing:
+        raise artifacts.ArtifactError(f"stage {args.stage} did not write declared output(s) {missing}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("stage %s done: wall %.1f s, peak RSS %.0f MB, pid %d", args.stage,
+             time.perf_counter() - start, peak_mb, os.getpid())
+    return 0

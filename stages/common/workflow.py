@@ -1,0 +1,61 @@
+"""Glue between Snakemake rules and stage modules, shared by the Snakefile and the dvc.yaml generator.
+
+A rule declares which stage module it runs and which dotted params keys it reads; `stage_params`
+turns that into Snakemake `params:` (so a changed value re-runs the rule) and `stage_command` into the
+command line both engines execute.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any, Mapping
+
+from stages.common.code import code_files
+from stages.common.params import select
+
+STAGE_SHELL = "python -m stages run {params.args} > {log} 2>&1"
+
+
+def code_inputs(stage: str) -> list[str]:
+    """The stage's source files, declared as the rule's `code` input so editing them re-runs it."""
+    return list(code_files(stage))
+
+
+def _io_args(flag: str, named: Mapping[str, Any]) -> list[str]:
+    args = []
+    for name, value in named.items():
+        if name == "code":
+            continue
+        paths = [value] if isinstance(value, str) else list(value)
+        args.append(f"{name}={','.join(map(str, paths))}")
+    return [flag, *args] if args else []
+
+
+def stage_command(stage: str, keys: Mapping[str, str], inputs: Mapping[str, Any],
+                  outputs: Mapping[str, Any], threads: int = 1, seed: int | None = None,
+                  params_json: str | None = None, params_files: tuple[str, ...] = ("params.yaml",)
+                  ) -> str:
+    """Arguments of `python -m stages run`; with `params_json` the values travel in the command."""
+    args = [stage]
+    if keys:
+        args += ["--keys", *(f"{alias}={dotted}" for alias, dotted in keys.items())]
+    args += ["--params-json", params_json] if params_json is not None else ["--params-file", *params_files]
+    args += _io_args("--in", inputs) + _io_args("--out", outputs) + ["--threads", str(threads)]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    return shlex.join(args)
+
+
+def stage_params(config: Mapping, stage: str, seed: str | None = None, **keys: str) -> dict:
+    """`params:` of a stage rule. `keys` maps alias -> dotted params key, wildcards allowed
+    (`system="koopman.systems.{system}"`); `seed` names the wildcard holding the seed, if any."""
+
+    def resolved(wildcards) -> dict[str, str]:
+        return {alias: dotted.format(**wildcards) for alias, dotted in keys.items()}
+
+    def args(wildcards, input, output, threads) -> str:
+        values = json.dumps(select(config, resolved(wildcards).values()), sort_keys=True)
+        return stage_command(stage, resolved(wildcards), input, output, threads,
+                             int(wildcards[seed]) if seed else None, params_json=values)
+
+    return {"stage": stage, "param_keys": resolved, "seed_wildcard": seed, "args": args}

@@ -1,0 +1,97 @@
+# Koopman autoencoders with periodic reencoding: simulate -> train -> evaluate (per system, seed) -> aggregate.
+KOOPMAN_SYSTEMS = sorted(config["koopman"]["systems"])
+KOOPMAN_SEEDS = config["koopman"]["seeds"]
+KOOPMAN_RUN = "results/koopman/{system}/seed{seed}"
+
+
+wildcard_constraints:
+    system="|".join(KOOPMAN_SYSTEMS),
+    seed=r"\d+",
+
+
+rule koopman_simulate:
+    input:
+        code=code_inputs("koopman.simulate"),
+    output:
+        trajectories="data/koopman/{system}/trajectories.parquet",
+    params:
+        **stage_params(config, "koopman.simulate", system="koopman.systems.{system}"),
+    log:
+        "logs/koopman/{system}/simulate.log",
+    benchmark:
+        "benchmarks/koopman/{system}/simulate.tsv"
+    conda:
+        "../../envs/koopman.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule koopman_train:
+    input:
+        code=code_inputs("koopman.train"),
+        trajectories=rules.koopman_simulate.output.trajectories,
+    output:
+        model=f"{KOOPMAN_RUN}/model.safetensors",
+        sidecar=f"{KOOPMAN_RUN}/model.safetensors.json",
+        curve=f"{KOOPMAN_RUN}/train_curve.csv",
+    params:
+        **stage_params(config, "koopman.train", seed="seed", system="koopman.systems.{system}",
+                       model="koopman.model", train="koopman.train"),
+    log:
+        f"logs/koopman/{{system}}/seed{{seed}}/train.log",
+    benchmark:
+        f"benchmarks/koopman/{{system}}/seed{{seed}}/train.tsv"
+    resources:
+        runtime=60,
+        mem_mb=2000,
+    conda:
+        "../../envs/koopman.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule koopman_evaluate:
+    input:
+        code=code_inputs("koopman.evaluate"),
+        trajectories=rules.koopman_simulate.output.trajectories,
+        model=rules.koopman_train.output.model,
+    output:
+        errors=f"{KOOPMAN_RUN}/rollout_error.parquet",
+        metrics=f"{KOOPMAN_RUN}/metrics.json",
+    params:
+        **stage_params(config, "koopman.evaluate", seed="seed", system="koopman.systems.{system}",
+                       model="koopman.model", evaluate="koopman.evaluate"),
+    log:
+        f"logs/koopman/{{system}}/seed{{seed}}/evaluate.log",
+    benchmark:
+        f"benchmarks/koopman/{{system}}/seed{{seed}}/evaluate.tsv"
+    conda:
+        "../../envs/koopman.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule koopman_aggregate:
+    input:
+        code=code_inputs("koopman.aggregate"),
+        errors=expand(rules.koopman_evaluate.output.errors, system=KOOPMAN_SYSTEMS, seed=KOOPMAN_SEEDS),
+        metrics=expand(rules.koopman_evaluate.output.metrics, system=KOOPMAN_SYSTEMS, seed=KOOPMAN_SEEDS),
+    output:
+        table=report("results/koopman/summary.parquet", category="Koopman"),
+        plot=report("results/koopman/error_vs_horizon.png", category="Koopman"),
+        metrics="results/koopman/metrics.json",
+    params:
+        **stage_params(config, "koopman.aggregate", evaluate="koopman.evaluate"),
+    log:
+        "logs/koopman/aggregate.log",
+    benchmark:
+        "benchmarks/koopman/aggregate.tsv"
+    conda:
+        "../../envs/koopman.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule koopman_all:
+    input:
+        rules.koopman_aggregate.output,
