@@ -25,7 +25,8 @@ def snakemake_jobs(targets: tuple[str, ...] = ()) -> list:
     from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings,
                                           ResourceSettings, StorageSettings)
 
-    with contextlib.redirect_stdout(io.StringIO()), SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            SnakemakeApi(OutputSettings(quiet={"all"})) as api:
         wf_api = api.workflow(resource_settings=ResourceSettings(cores=1),
                               config_settings=ConfigSettings(configfiles=[ROOT / "params.yaml"]),
                               storage_settings=StorageSettings(), snakefile=ROOT / "Snakefile",

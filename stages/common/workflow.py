@@ -53,9 +53,14 @@ def stage_params(config: Mapping, stage: str, seed: str | None = None, **keys: s
     def resolved(wildcards) -> dict[str, str]:
         return {alias: dotted.format(**wildcards) for alias, dotted in keys.items()}
 
-    def args(wildcards, input, output, threads) -> str:
-        values = json.dumps(select(config, resolved(wildcards).values()), sort_keys=True)
-        return stage_command(stage, resolved(wildcards), input, output, threads,
-                             int(wildcards[seed]) if seed else None, params_json=values)
+    def values(wildcards) -> str:
+        return json.dumps(select(config, resolved(wildcards).values()), sort_keys=True)
 
-    return {"stage": stage, "param_keys": resolved, "seed_wildcard": seed, "args": args}
+    def args(wildcards, input, output, threads) -> str:
+        return stage_command(stage, resolved(wildcards), input, output, threads,
+                             int(wildcards[seed]) if seed else None, params_json=values(wildcards))
+
+    # `values` depends on wildcards only, so Snakemake records it and re-runs the job when it changes;
+    # `args` (derived from input/output paths) is not compared.
+    return {"stage": stage, "param_keys": resolved, "seed_wildcard": seed, "values": values,
+            "args": args}
