@@ -8,8 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from stages.common.code import ROOT
+from stages.common.params import deep_merge, select
 from stages.common.stage import main as run_stage
 from stages.koopman import systems
 from stages.koopman.evaluate import ERRORS_SCHEMA
@@ -84,9 +86,18 @@ def test_periodic_extremes_match_no_and_every_step_reencoding():
     assert not torch.allclose(mid[:, 4:], none[:, 4:])
 
 
+def tiny_params() -> dict:
+    """params.yaml with the tiny overlay, koopman section only (other methods' sections don't matter)."""
+    merged: dict = {}
+    for path in (ROOT / "params.yaml", ROOT / "config" / "tiny.yaml"):
+        merged = deep_merge(merged, {"koopman": yaml.safe_load(path.read_text())["koopman"]})
+    return merged
+
+
 def stage(module: str, keys: dict, inputs: dict, outputs: dict, seed: int | None = None) -> None:
+    # The same call Snakemake makes: resolved values travel as --params-json.
     args = [f"koopman.{module}", "--keys", *(f"{a}={d}" for a, d in keys.items()),
-            "--params-file", str(ROOT / "params.yaml"), str(ROOT / "config" / "tiny.yaml")]
+            "--params-json", json.dumps(select(tiny_params(), keys.values()))]
     args += ["--in", *(f"{n}={p}" for n, p in inputs.items())] if inputs else []
     args += ["--out", *(f"{n}={p}" for n, p in outputs.items())]
     args += ["--seed", str(seed)] if seed is not None else []

@@ -158,6 +158,15 @@ def load_checkpoint(path: str | os.PathLike, expected_keys: list[str] | None = N
     return tensors
 
 
+def write_csv(path: str | os.PathLike, table: pa.Table) -> Path:
+    """A human-readable copy of a table (for reports and spreadsheets); the Parquet file is the artifact."""
+    import pyarrow.csv as pacsv
+
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(table, tmp)
+    return Path(path)
+
+
 def write_json(path: str | os.PathLike, data: Mapping) -> Path:
     """Metrics files for `dvc metrics show`: plain JSON, atomically written, no provenance inside."""
     with atomic_path(path) as tmp:

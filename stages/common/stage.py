@@ -89,7 +89,12 @@ class StageContext:
                 "inputs": self._input_hashes, "packages": package_versions()}
 
     def write_table(self, name: str, table: pa.Table, schema: pa.Schema) -> Path:
-        return artifacts.write_table(self.outputs[name], table, schema, self.provenance())
+        """Write output `name`; when the rule also declares `<name>_csv`, a CSV copy goes there
+        (Snakemake's report renders CSV tables, not Parquet)."""
+        path = artifacts.write_table(self.outputs[name], table, schema, self.provenance())
+        if f"{name}_csv" in self.outputs:
+            artifacts.write_csv(self.outputs[f"{name}_csv"], table)
+        return path
 
     def save_checkpoint(self, name: str, tensors: Mapping) -> Path:
         return artifacts.save_checkpoint(self.outputs[name], tensors, self.provenance())

@@ -77,7 +77,8 @@ rule koopman_aggregate:
         errors=expand(rules.koopman_evaluate.output.errors, system=KOOPMAN_SYSTEMS, seed=KOOPMAN_SEEDS),
         metrics=expand(rules.koopman_evaluate.output.metrics, system=KOOPMAN_SYSTEMS, seed=KOOPMAN_SEEDS),
     output:
-        table=report("results/koopman/summary.parquet", category="Koopman"),
+        table="results/koopman/summary.parquet",
+        table_csv=report("results/koopman/summary.csv", category="Koopman"),
         plot=report("results/koopman/error_vs_horizon.png", category="Koopman"),
         metrics="results/koopman/metrics.json",
     params:
