@@ -13,9 +13,13 @@ report: "report/workflow.rst"
 
 
 include: "stages/koopman/rules.smk"
+include: "stages/maxent_gfn/rules.smk"
+include: "stages/decoupled/rules.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.koopman_all.input,
+        rules.maxent_gfn_all.input,
+        rules.decoupled_all.input,

@@ -1,0 +1,1 @@
+"""Maximum-entropy GFlowNets with soft Q-learning (Mohammadpour et al., AISTATS 2024)."""

@@ -1,0 +1,85 @@
+# Maximum-entropy GFlowNets on HyperGrid: train -> evaluate (per grid, objective, seed) -> aggregate.
+MAXENT_GRIDS = sorted(config["maxent_gfn"]["grids"])
+MAXENT_OBJECTIVES = sorted(config["maxent_gfn"]["objectives"])
+MAXENT_SEEDS = config["maxent_gfn"]["seeds"]
+MAXENT_RUN = "results/maxent_gfn/{grid}/{objective}/seed{seed}"
+MAXENT_WILDCARDS = {"grid": "|".join(MAXENT_GRIDS), "objective": "|".join(MAXENT_OBJECTIVES),
+                    "seed": r"\d+"}
+
+
+rule maxent_gfn_train:
+    input:
+        code=code_inputs("maxent_gfn.train"),
+    output:
+        model=f"{MAXENT_RUN}/model.safetensors",
+        sidecar=f"{MAXENT_RUN}/model.safetensors.json",
+        curve=f"{MAXENT_RUN}/train_curve.csv",
+    wildcard_constraints:
+        **MAXENT_WILDCARDS,
+    params:
+        **stage_params(config, "maxent_gfn.train", seed="seed", grid="maxent_gfn.grids.{grid}",
+                       objective="maxent_gfn.objectives.{objective}", model="maxent_gfn.model",
+                       train="maxent_gfn.train"),
+    log:
+        "logs/maxent_gfn/{grid}/{objective}/seed{seed}/train.log",
+    benchmark:
+        "benchmarks/maxent_gfn/{grid}/{objective}/seed{seed}/train.tsv"
+    resources:
+        runtime=60,
+        mem_mb=2000,
+    conda:
+        "../../envs/maxent_gfn.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule maxent_gfn_evaluate:
+    input:
+        code=code_inputs("maxent_gfn.evaluate"),
+        model=rules.maxent_gfn_train.output.model,
+        curve=rules.maxent_gfn_train.output.curve,
+    output:
+        distribution=f"{MAXENT_RUN}/terminal_distribution.parquet",
+        metrics=f"{MAXENT_RUN}/metrics.json",
+    wildcard_constraints:
+        **MAXENT_WILDCARDS,
+    params:
+        **stage_params(config, "maxent_gfn.evaluate", seed="seed", grid="maxent_gfn.grids.{grid}",
+                       objective="maxent_gfn.objectives.{objective}", model="maxent_gfn.model"),
+    log:
+        "logs/maxent_gfn/{grid}/{objective}/seed{seed}/evaluate.log",
+    benchmark:
+        "benchmarks/maxent_gfn/{grid}/{objective}/seed{seed}/evaluate.tsv"
+    conda:
+        "../../envs/maxent_gfn.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule maxent_gfn_aggregate:
+    input:
+        code=code_inputs("maxent_gfn.aggregate"),
+        metrics=expand(rules.maxent_gfn_evaluate.output.metrics, grid=MAXENT_GRIDS,
+                       objective=MAXENT_OBJECTIVES, seed=MAXENT_SEEDS),
+        curves=expand(rules.maxent_gfn_train.output.curve, grid=MAXENT_GRIDS,
+                      objective=MAXENT_OBJECTIVES, seed=MAXENT_SEEDS),
+    output:
+        table="results/maxent_gfn/summary.parquet",
+        table_csv=report("results/maxent_gfn/summary.csv", category="Max-ent GFlowNets"),
+        plot=report("results/maxent_gfn/l1_and_entropy.png", category="Max-ent GFlowNets"),
+        metrics="results/maxent_gfn/metrics.json",
+    params:
+        **stage_params(config, "maxent_gfn.aggregate", aggregate="maxent_gfn.aggregate"),
+    log:
+        "logs/maxent_gfn/aggregate.log",
+    benchmark:
+        "benchmarks/maxent_gfn/aggregate.tsv"
+    conda:
+        "../../envs/maxent_gfn.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule maxent_gfn_all:
+    input:
+        rules.maxent_gfn_aggregate.output,

@@ -1,0 +1,1 @@
+"""Soft-Q and GFlowNet machinery shared by max-ent GFlowNets and decoupled regularization."""

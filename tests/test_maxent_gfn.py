@@ -1,0 +1,186 @@
+"""Max-ent GFlowNets on HyperGrid: exact path counts, exact terminal distributions and entropies, the
+backward-policy reward construction (V*(s0) = log Z), the balance losses at their solution, and
+convergence to a known answer (GSQL with max-ent P_B matches R/Z; naive soft Q-learning does not)."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from stages.envs.hypergrid import HyperGrid
+from stages.maxent_gfn.model import GFNModel, sample
+from stages.maxent_gfn.train import train
+from stages.rl import balance
+from stages.rl.soft_q import soft_bellman_residual
+
+
+def dp_path_counts(env: HyperGrid) -> torch.Tensor:
+    """n(s0) = 1, n(s') = sum of n over the parents of s', level by level."""
+    x = env.all_states
+    order = torch.argsort(x.sum(-1), stable=True)
+    n = torch.zeros(len(x), dtype=torch.float64)
+    for i in order.tolist():
+        if x[i].sum() == 0:
+            n[i] = 1
+            continue
+        for d in range(env.ndim):
+            if x[i, d] > 0:
+                n[i] += n[env.index(x[i] - torch.nn.functional.one_hot(torch.tensor(d), env.ndim))]
+    return n
+
+
+@pytest.mark.parametrize("ndim, height", [(2, 8), (3, 4), (4, 3)])
+def test_path_counts_match_dynamic_programming(ndim, height):
+    env = HyperGrid(ndim, height)
+    assert torch.allclose(env.log_n_paths(env.all_states).exp(), dp_path_counts(env), rtol=1e-10)
+
+
+def test_maxent_backward_policy_sums_to_one_over_parents():
+    env = HyperGrid(3, 5)
+    x = env.all_states
+    total = torch.zeros(len(x), dtype=torch.float64)
+    for a in range(env.ndim):                    # every edge s -> s + e_a
+        ok = x[:, a] < env.height - 1
+        child = env.index(x[ok] + torch.nn.functional.one_hot(torch.tensor(a), env.ndim))
+        total.index_add_(0, child, env.log_pb_maxent(x[ok], torch.full((int(ok.sum()),), a)).exp())
+    assert torch.allclose(total[1:], torch.ones(len(x) - 1, dtype=torch.float64))
+    assert total[0] == 0                          # s0 has no parent
+
+
+def enumerate_trajectories(env, log_pf):
+    """Every trajectory with its probability, by brute force: [(terminal index, prob, log prob)]."""
+    out = []
+
+    def walk(x, logp):
+        i = int(env.index(x))
+        out.append((i, math.exp(logp + log_pf[i, env.stop].item()), logp + log_pf[i, env.stop].item()))
+        for a in range(env.ndim):
+            if x[a] < env.height - 1:
+                walk(env.step(x, torch.tensor(a)), logp + log_pf[i, a].item())
+
+    walk(env.s0(1)[0], 0.0)
+    return out
+
+
+def test_exact_terminal_distribution_of_a_hand_built_policy():
+    # 1D, H = 3, stop with probability 1/2 wherever there is a choice: P_T = (1/2, 1/4, 1/4)
+    env = HyperGrid(1, 3)
+    log_pf = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 1.0]], dtype=torch.float64))
+    assert torch.allclose(env.terminal_distribution(log_pf), torch.tensor([0.5, 0.25, 0.25],
+                                                                          dtype=torch.float64))
+    # 2D, H = 3, a random policy: the DP equals brute-force enumeration of all trajectories
+    env = HyperGrid(2, 3)
+    torch.manual_seed(0)
+    logits = torch.randn(len(env.all_states), env.n_actions, dtype=torch.float64)
+    log_pf = torch.log_softmax(logits.masked_fill(~env.forward_mask(env.all_states), -math.inf), -1)
+    brute = torch.zeros(len(env.all_states), dtype=torch.float64)
+    trajs = enumerate_trajectories(env, log_pf)
+    for i, p, _ in trajs:
+        brute[i] += p
+    assert torch.allclose(env.terminal_distribution(log_pf), brute, atol=1e-12)
+    entropy = -sum(p * lp for _, p, lp in trajs)
+    assert env.trajectory_entropy(log_pf) == pytest.approx(entropy, abs=1e-10)
+
+
+def test_entropy_references_of_the_method_note():
+    env = HyperGrid(2, 8)
+    assert int(env.mode_mask.sum()) == 4
+    assert env.max_trajectory_entropy() == pytest.approx(6.035, abs=5e-4)
+    assert env.uniform_pb_trajectory_entropy() == pytest.approx(5.71, abs=5e-3)
+
+
+def exact_soft_q(env: HyperGrid, backward: str) -> torch.Tensor:
+    """Q*(s, a) by backward induction over the levels: stop -> log R(s), increment -> r + V*(s')."""
+    x = env.all_states
+    q = torch.full((len(x), env.n_actions), -math.inf, dtype=torch.float64)
+    v = torch.zeros(len(x), dtype=torch.float64)
+    for i in torch.argsort(x.sum(-1), descending=True, stable=True).tolist():
+        q[i, env.stop] = env.log_reward(x[i])
+        for a in range(env.ndim):
+            if x[i, a] < env.height - 1:
+                nxt = env.step(x[i], torch.tensor(a))
+                r = {"maxent": env.log_pb_maxent(x[i], torch.tensor(a)),
+                     "uniform": env.log_pb_uniform(nxt), "none": torch.tensor(0.0)}[backward]
+                q[i, a] = r + v[env.index(nxt)]
+        v[i] = torch.logsumexp(q[i], 0)
+    return q
+
+
+@pytest.mark.parametrize("backward", ["maxent", "uniform"])
+def test_soft_q_with_a_backward_policy_reward_samples_r_over_z(backward):
+    env = HyperGrid(2, 8)
+    q = exact_soft_q(env, backward)
+    assert torch.logsumexp(q[0], 0).item() == pytest.approx(env.log_Z, abs=1e-10)   # V*(s0) = log Z
+    log_pf = torch.log_softmax(q, -1)
+    assert torch.allclose(env.terminal_distribution(log_pf), env.target, atol=1e-12)
+    expected = env.max_trajectory_entropy() if backward == "maxent" else env.uniform_pb_trajectory_entropy()
+    assert env.trajectory_entropy(log_pf) == pytest.approx(expected, abs=1e-9)
+
+
+def test_naive_soft_q_samples_n_times_r():
+    env = HyperGrid(2, 8)
+    log_pf = torch.log_softmax(exact_soft_q(env, "none"), -1)
+    nr = env.log_n_paths(env.all_states).exp() * env.log_reward(env.all_states).exp()
+    p = env.terminal_distribution(log_pf)
+    assert torch.allclose(p, nr / nr.sum(), atol=1e-12)
+    assert float((p - env.target).abs().sum()) > 1.4     # the note's "L1 ~ 1.5"
+
+
+def test_losses_vanish_at_the_exact_solution():
+    env = HyperGrid(2, 5)
+    q = exact_soft_q(env, "maxent")
+    v = torch.logsumexp(q, -1)
+    model = GFNModel(env, hidden=8, depth=1, learned_n=False)
+    batch = sample(model, 64, epsilon=0.0, generator=torch.Generator().manual_seed(0))
+    s, s_next, acts = batch.states[:, :-1], batch.states[:, 1:], batch.actions
+    idx, idx_next = env.index(s), env.index(s_next)
+    is_stop = acts == env.stop
+    log_pf = torch.log_softmax(q, -1)[idx, acts.clamp(max=env.stop)]
+    log_pb = torch.where(is_stop, 0.0, env.log_pb_maxent(s, acts))
+    log_r = env.log_reward(batch.terminal)
+    flows = v[idx]
+    assert balance.trajectory_balance(log_pf, log_pb, v[0], log_r, batch.n) < 1e-20
+    assert balance.detailed_balance(log_pf, log_pb, flows, log_r, batch.n) < 1e-20
+    assert balance.subtrajectory_balance(log_pf, log_pb, flows, log_r, batch.n, 0.9) < 1e-20
+    reward = torch.where(is_stop, log_r[:, None].expand_as(log_pb), log_pb)
+    res = soft_bellman_residual(q[idx, acts], reward, v[idx_next], terminal=is_stop)
+    assert res[batch.valid].abs().max() < 1e-12
+
+
+def test_sampled_batch_layout():
+    env = HyperGrid(3, 4)
+    model = GFNModel(env, hidden=8, depth=1, learned_n=False)
+    batch = sample(model, 32, epsilon=0.5, generator=torch.Generator().manual_seed(1))
+    for b in range(32):
+        n = int(batch.n[b])
+        assert (batch.actions[b, :n] < env.stop).all() and batch.actions[b, n] == env.stop
+        assert int(batch.states[b, n].sum()) == n and (batch.states[b, n:] == batch.states[b, n]).all()
+
+
+CFG = dict(iterations=1000, batch_size=16, lr=3e-3, lr_logz=0.1, epsilon=0.0, subtb_lambda=0.9, eval_every=500)
+
+
+def test_gsql_maxent_converges_and_naive_sql_does_not():
+    """2D H=4 (16 states): the known answer is R/Z; a torchgfn-style convergence test, exact L1."""
+    env = HyperGrid(2, 4)
+    _, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "sql", "backward": "maxent"}, CFG, seed=0)
+    l1, logz_err = rows[-1][2], rows[-1][3]
+    assert l1 < 0.02 and logz_err < 0.05
+    _, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "sql", "backward": "none"}, CFG, seed=0)
+    assert rows[-1][2] > 0.5
+    nr = env.log_n_paths(env.all_states) + env.log_reward(env.all_states)
+    assert rows[-1][3] == pytest.approx(torch.logsumexp(nr, 0).item() - env.log_Z, abs=0.1)
+
+
+def test_tb_converges_with_lower_entropy_than_gsql_maxent():
+    env = HyperGrid(2, 4)
+    model, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "tb", "backward": "uniform"}, CFG, seed=0)
+    assert rows[-1][2] < 0.02
+    h = env.trajectory_entropy(model.log_pf_all())
+    assert h == pytest.approx(env.uniform_pb_trajectory_entropy(), abs=0.02)
+    assert h < env.max_trajectory_entropy() - 0.03      # the gap is 0.045 nats on this small grid
+
+
+def test_backward_none_requires_soft_q_learning():
+    with pytest.raises(ValueError, match="only makes sense with loss 'sql'"):
+        train(HyperGrid(2, 3), {"hidden": 8, "depth": 1}, {"loss": "tb", "backward": "none"}, CFG, seed=0)
