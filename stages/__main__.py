@@ -61,7 +61,7 @@ def cmd_summary(args) -> int:
             continue
         print(pd.read_parquet(table).to_string(index=False))
         if metrics.exists():
-            print(json.dumps(json.loads(metrics.read_text()), indent=2))
+            print(f"  (all metrics: {metrics.relative_to(ROOT)}, or `dvc metrics show`)")
     return 0
 
 
