@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 
 include: "stages/koopman/rules.smk"
+include: "stages/demp/rules.smk"
 include: "stages/maxent_gfn/rules.smk"
 include: "stages/decoupled/rules.smk"
 
@@ -21,5 +22,6 @@ rule all:
     default_target: True
     input:
         rules.koopman_all.input,
+        rules.demp_all.input,
         rules.maxent_gfn_all.input,
         rules.decoupled_all.input,

@@ -1,0 +1,152 @@
+"""Collect every evaluation into the accuracy vs neurons-removed tradeoff over the lambda_max sweep:
+one table (mean over seeds per variant), one plot (accuracy vs fraction removed for DemP and the
+magnitude baseline at the same widths, dense as a line; live fraction over DemP training), and
+verdicts per (dataset, model):
+  max_removed_within_tol   largest fraction of units DemP removed while staying within
+                           `acc_tolerance` of dense accuracy
+  demp_wins / comparisons  sweep points where DemP is at least as accurate as magnitude pruning at
+                           the same widths
+  latency_ratio_at_max     pruned / dense forward latency at DemP's largest removal (< 1: faster)
+The latency columns make the table and metrics vary between re-runs (see evaluate.py); the plot does
+not show them and is byte-deterministic.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from stages.common.artifacts import atomic_path, read_table
+from stages.common.stage import StageContext
+from stages.demp.evaluate import EVAL_SCHEMA, read_curve
+from stages.demp.paths import lambda_index, run_id
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SCHEMA = pa.schema([
+    ("dataset", pa.string()),
+    ("model", pa.string()),
+    ("variant", pa.string()),
+    ("method", pa.string()),             # dense / demp / magnitude
+    ("lambda_max", pa.float64()),        # DemP's lambda_max (magnitude: the DemP run it matches); NaN dense
+    ("n_seeds", pa.int32()),
+    ("test_acc", pa.float64()),          # mean over seeds
+    ("test_acc_std", pa.float64()),      # std over seeds (0 with one seed)
+    ("units", pa.float64()),
+    ("removed_fraction", pa.float64()),
+    ("params", pa.float64()),
+    ("flops", pa.float64()),
+    ("latency_ratio", pa.float64()),     # pruned / dense latency (NaN when not measured)
+])
+
+
+def as_list(paths) -> list[Path]:
+    return paths if isinstance(paths, list) else [paths]
+
+
+def method_of(variant: str) -> tuple[str, int | None]:
+    return variant.split("_l")[0], lambda_index(variant)
+
+
+def nan_none(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def summarise(rows: list[dict], sweep: dict) -> list[dict]:
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["model"], r["variant"])].append(r)
+    out = []
+    for (dataset, model, variant), rs in groups.items():
+        method, lam = method_of(variant)
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in
+                ("test_acc", "units", "removed_fraction", "params", "flops", "latency_ratio")}
+        out.append({"dataset": dataset, "model": model, "variant": variant, "method": method,
+                    "lambda_max": math.nan if lam is None else sweep[model]["lambda_max"][lam],
+                    "n_seeds": len(rs), "test_acc_std": float(np.std([r["test_acc"] for r in rs])), **mean})
+    order = {"dense": 0, "demp": 1, "magnitude": 2}
+    return sorted(out, key=lambda r: (r["dataset"], r["model"], order[r["method"]],
+                                      np.nan_to_num(r["lambda_max"], nan=-1.0)))
+
+
+def verdicts(summary: list[dict], tol: float) -> dict:
+    out = {}
+    for key in sorted({(r["dataset"], r["model"]) for r in summary}):
+        mine = [r for r in summary if (r["dataset"], r["model"]) == key]
+        dense = next(r for r in mine if r["method"] == "dense")
+        demp = {r["lambda_max"]: r for r in mine if r["method"] == "demp"}
+        mag = {r["lambda_max"]: r for r in mine if r["method"] == "magnitude"}
+        ok = [r for r in demp.values() if r["test_acc"] >= dense["test_acc"] - tol]
+        pairs = [(demp[lam], mag[lam]) for lam in sorted(demp) if lam in mag]
+        most = max(demp.values(), key=lambda r: r["removed_fraction"]) if demp else None
+        out["/".join(key)] = {
+            "dense_acc": dense["test_acc"],
+            "max_removed_within_tol": max((r["removed_fraction"] for r in ok), default=0.0),
+            "acc_tolerance": tol,
+            "sweep": [{"lambda_max": d["lambda_max"], "removed_fraction": d["removed_fraction"],
+                       "demp_acc": d["test_acc"], "magnitude_acc": m["test_acc"],
+                       "demp_latency_ratio": nan_none(d["latency_ratio"])} for d, m in pairs],
+            "demp_wins": sum(d["test_acc"] >= m["test_acc"] for d, m in pairs),
+            "comparisons": len(pairs),
+            "latency_ratio_at_max": nan_none(most["latency_ratio"]) if most else None,
+            "removed_at_max": most["removed_fraction"] if most else None,
+        }
+    return out
+
+
+def run(ctx: StageContext) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for p in as_list(ctx.inputs["tables"]) for r in read_table(p, EVAL_SCHEMA).to_pylist()]
+    sweep = ctx.params["sweep"]
+    summary = summarise(rows, sweep)
+    ctx.write_table("table", pa.Table.from_pylist(summary, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
+    result = verdicts(summary, ctx.params["aggregate"]["acc_tolerance"])
+    for key, v in result.items():
+        log.info("%s: dense %.4f, max removed within tol %.3f, DemP >= magnitude at %d/%d, latency ratio %s",
+                 key, v["dense_acc"], v["max_removed_within_tol"], v["demp_wins"], v["comparisons"],
+                 v["latency_ratio_at_max"])
+    ctx.write_json("metrics", result)
+
+    curves = defaultdict(list)   # (dataset, model) -> [(lambda, steps, live fraction)] of DemP seed runs
+    for path in as_list(ctx.inputs["curves"]):
+        dataset, model, variant, _ = run_id(Path(path))
+        curve = read_curve(path)
+        lam = sweep[model]["lambda_max"][method_of(variant)[1]]
+        curves[(dataset, model)].append((lam, [r["step"] for r in curve], [r["live_fraction"] for r in curve]))
+
+    keys = sorted(result)
+    fig, axes = plt.subplots(2, len(keys), figsize=(4.6 * len(keys), 7), squeeze=False)
+    for col, key in enumerate(keys):
+        dataset, model = key.split("/")
+        mine = [r for r in summary if (r["dataset"], r["model"]) == (dataset, model)]
+        ax = axes[0][col]
+        ax.axhline(result[key]["dense_acc"], color="k", ls=":", label="dense")
+        for method, style in (("demp", "o-"), ("magnitude", "s--")):
+            pts = sorted((r["removed_fraction"], r["test_acc"]) for r in mine if r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), style, label=method)
+        ax.set(xlabel="fraction of hidden units removed", ylabel="test accuracy", title=key, xlim=(0, 1))
+        ax.legend()
+        ax = axes[1][col]
+        lams = sorted({c[0] for c in curves[(dataset, model)]})
+        labelled = set()
+        for lam, steps, live in sorted(curves[(dataset, model)], key=lambda c: c[0]):
+            # one colour and one legend entry per lambda; seeds share them
+            ax.plot(steps, live, color=f"C{lams.index(lam)}", alpha=0.8,
+                    label=None if lam in labelled else f"lambda_max={lam:g}")
+            labelled.add(lam)
+        ax.set(xlabel="training step", ylabel="live unit fraction (probe set)", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(ctx.outputs["plot"]) as tmp:
+        # Fixed metadata keeps the PNG bytes identical across re-runs.
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,280 @@
+"""DemP: dead-unit criterion, real structural pruning (outputs and optimizer state preserved), the
+one-cycle schedule, asymmetric noise, the CIFAR-10 loaders on generated samples, and the tiny chain."""
+import math
+import pickle
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages.demp import datasets, demon, nets
+from stages.demp.evaluate import latency_ms
+
+MLP = dict(arch="seq", conv=[], pool_after=[], fc=[12, 10], bn=False)
+MLP_BN = dict(MLP, bn=True)
+CONV_BN = dict(arch="seq", conv=[6, 8, 5], pool_after=[0], fc=[7], bn=True)
+RESNET = dict(arch="resnet18", conv=[6, 6, 6, 8], pool_after=[], fc=[], bn=True)
+SHAPE = {"seq_mlp": (1, 6, 6), "conv": (3, 8, 8)}
+DEAD = {0: [1, 4], 1: [0, 2, 3]}   # unit layer -> units to kill
+
+
+def kill(model, shape, dead=DEAD):
+    """Make units dead for every input: BN shift very negative with zero scale, or zero incoming
+    weights and a negative bias."""
+    with torch.no_grad():
+        for layer, units in dead.items():
+            bn = nets.unit_bn(model, layer)
+            if bn is not None:
+                bn.weight[units] = 0.0
+                bn.bias[units] = -1.0
+            else:
+                nets.unit_weight(model, layer)[units] = 0.0
+                model.units[layer].lin.bias[units] = -1.0
+        # settle the BN running statistics on the new activations, so that in eval mode no other
+        # unit is dead by accident
+        model.train()
+        for _ in range(30):
+            model(torch.randn(64, *shape))
+
+
+def trained(cfg, shape, steps=3):
+    """A network after a few Adam steps in train mode (BN statistics and Adam moments populated)."""
+    torch.manual_seed(0)
+    model = nets.build(cfg, shape, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(16, *shape)), torch.randint(4, (16,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("cfg, shape", [(MLP, SHAPE["seq_mlp"]), (CONV_BN, SHAPE["conv"])])
+def test_dead_criterion_finds_exactly_the_constructed_dead_units(cfg, shape):
+    model, _ = trained(cfg, shape)
+    kill(model, shape)
+    sums = demon.activation_sums(model, torch.randn(64, *shape))
+    dead = demon.dead_units(sums, eps=0.0)
+    for layer, mask in enumerate(dead):
+        assert torch.nonzero(mask).flatten().tolist() == DEAD.get(layer, [])
+    assert all(a.acc is None for a in nets.acts(model)), "probe taps must be switched off again"
+
+
+@pytest.mark.parametrize("cfg, shape", [(MLP, SHAPE["seq_mlp"]), (MLP_BN, SHAPE["seq_mlp"]),
+                                        (CONV_BN, SHAPE["conv"]), (RESNET, SHAPE["conv"])],
+                         ids=["mlp", "mlp_bn", "conv_bn", "resnet18"])
+def test_prune_removes_dead_units_and_keeps_outputs_and_optimizer_state(cfg, shape):
+    model, opt = trained(cfg, shape)
+    kill(model, shape)
+    model.eval()
+    x = torch.randn(32, *shape) * 3
+    sums = demon.activation_sums(model, torch.randn(64, *shape))
+    keep = demon.keep_indices(demon.dead_units(sums, 0.0), sums)
+    state = nets.opt_state_by_name(model, opt)
+    pruned, new_state = nets.prune(model, keep, state)
+
+    assert pruned.widths == [w - len(DEAD.get(i, [])) for i, w in enumerate(model.widths)]
+    assert nets.n_params(pruned) < nets.n_params(model)
+    assert nets.flops(pruned, shape) < nets.flops(model, shape)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned.eval()(x), model(x), rtol=1e-5, atol=1e-5)
+
+    params = dict(pruned.named_parameters())
+    assert set(new_state) == set(params)
+    for name, st in new_state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert st[key].shape == params[name].shape, (name, key)
+    # the moments of surviving units are carried over, not reset
+    layer0 = next(n for n in new_state if n.endswith("weight") and n.startswith(("units.0", "blocks.0")))
+    torch.testing.assert_close(new_state[layer0]["exp_avg"],
+                               state[layer0]["exp_avg"].index_select(0, keep[0]))
+    # and the optimizer accepts them
+    opt2 = torch.optim.Adam(pruned.parameters(), lr=1e-2)
+    nets.load_opt_state(pruned, opt2, new_state)
+    pruned.train()
+    pruned(x).sum().backward()
+    opt2.step()
+
+
+def test_checkpoint_round_trip_keeps_widths_weights_and_optimizer_state():
+    model, opt = trained(CONV_BN, SHAPE["conv"])
+    kill(model, SHAPE["conv"])
+    sums = demon.activation_sums(model, torch.randn(64, *SHAPE["conv"]))
+    pruned, state = nets.prune(model, demon.keep_indices(demon.dead_units(sums, 0.0), sums),
+                               nets.opt_state_by_name(model, opt))
+    back, back_state = nets.from_tensors(nets.to_tensors(pruned, state), CONV_BN, SHAPE["conv"], 4)
+    assert back.widths == pruned.widths
+    x = torch.randn(4, *SHAPE["conv"])
+    torch.testing.assert_close(back.eval()(x), pruned.eval()(x))
+    torch.testing.assert_close(back_state["head.weight"]["exp_avg"], state["head.weight"]["exp_avg"])
+
+
+def test_a_layer_never_loses_its_last_unit():
+    sums = [torch.zeros(5), torch.tensor([0.0, 2.0, 0.0])]
+    keep = demon.keep_indices(demon.dead_units(sums, 0.0), sums)
+    assert [k.tolist() for k in keep] == [[0], [1]]
+
+
+def test_one_cycle_schedule_shape():
+    peak, total, span = 2.0, 1000, 0.9
+    lam = [demon.one_cycle(t, total, peak, span, 0.3, 25, 1e4) for t in range(total)]
+    assert lam[0] == pytest.approx(peak / 25)
+    top = int(np.argmax(lam))
+    assert top == round(0.3 * span * total) and lam[top] == pytest.approx(peak)
+    assert all(a <= b + 1e-12 for a, b in zip(lam[:top], lam[1:top + 1])), "rises monotonically"
+    assert all(a >= b - 1e-12 for a, b in zip(lam[top:], lam[top + 1:])), "then decays monotonically"
+    end = round(span * total)
+    assert lam[end] < peak * 1e-4 and lam[-1] == lam[end], "~0 at the end of the span, flat after"
+
+
+def test_noise_spares_dead_units_and_reaches_live_ones():
+    model, _ = trained(MLP_BN, SHAPE["seq_mlp"])
+    live = [torch.ones(w, dtype=torch.bool) for w in model.widths]
+    live[0][[1, 4]] = False
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    demon.add_noise(model, 1e-2, live, torch.Generator().manual_seed(0))
+    after = dict(model.named_parameters())
+    for name in ("units.0.lin.weight", "units.0.bn.weight", "units.0.bn.bias"):
+        changed = (after[name] != before[name]).reshape(len(live[0]), -1).any(1)
+        assert changed.tolist() == live[0].tolist(), name
+    assert (after["head.weight"] != before["head.weight"]).all()
+
+
+def test_magnitude_keeps_the_largest_units_of_each_layer():
+    model, _ = trained(MLP_BN, SHAPE["seq_mlp"])
+    with torch.no_grad():
+        nets.unit_bn(model, 0).weight.copy_(torch.arange(12.0))
+    keep = demon.top_k(demon.magnitude_scores(model, "auto"), [3, 10])
+    assert keep[0].tolist() == [9, 10, 11] and keep[1].tolist() == list(range(10))
+
+
+def test_fit_with_demp_prunes_during_training_and_keeps_training():
+    from stages.demp.train import fit
+
+    cfg = dict(data_seed=0, n_classes=4, n_train=256, n_test=10, size=6, noise=0.3, shift=1)
+    x, y = map(torch.as_tensor, datasets.synthetic(cfg)["train"])
+    torch.manual_seed(0)
+    model = nets.build(dict(MLP_BN, fc=[32, 32]), x.shape[1:], 4)
+    train = dict(optimizer="adam", lr=0.03, lr_schedule="constant", momentum=0.9, batch_size=32, log_every=20)
+    demp = dict(span=0.9, warmup=0.3, div_factor=25, final_div_factor=1e4, noise_peak=1e-3,
+                noise_mask="batch_live", pruning_freq=20)
+    pruned, state, rows = fit(model, x, y, train, dict(eps=0.0, probe_size=128), 120, 0, demp=demp,
+                              reg="l2", lam_max=0.3)
+    assert sum(pruned.widths) < 64 and [r["step"] for r in rows] == [20, 40, 60, 80, 100, 120]
+    assert rows[-1]["width"] == sum(pruned.widths) and rows[0]["lam"] > rows[-1]["lam"]
+    params = dict(pruned.named_parameters())
+    assert all(st["exp_avg"].shape == params[n].shape for n, st in state.items())
+
+
+def test_global_allocation_keeps_the_total_and_every_layer():
+    scores = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([5.0, 6.0, 7.0, 8.0])]
+    assert demon.global_widths(scores, 4) == [1, 3]
+    assert demon.global_widths(scores, 6) == [2, 4]
+
+
+def test_latency_is_measured_for_each_model():
+    model, _ = trained(MLP, SHAPE["seq_mlp"])
+    ms = latency_ms([model, model], torch.randn(8, *SHAPE["seq_mlp"]), repeats=3)
+    assert len(ms) == 2 and all(m > 0 for m in ms)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+def fake_cifar(n, rng):
+    return rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def check_cifar(splits, want):
+    for split in ("train", "test"):
+        x, y = splits[split]
+        assert x.shape == (len(want[split][1]), 3, 32, 32) and x.dtype == np.float32
+        np.testing.assert_allclose(x * 255, want[split][0].transpose(0, 3, 1, 2), atol=1e-3)
+        np.testing.assert_array_equal(y, want[split][1])
+
+
+def test_cifar_npz_loader(tmp_path):
+    rng = np.random.default_rng(0)
+    want = {"train": fake_cifar(6, rng), "test": fake_cifar(4, rng)}
+    np.savez(tmp_path / "c.npz", x_train=want["train"][0], y_train=want["train"][1],
+             x_test=want["test"][0], y_test=want["test"][1])
+    check_cifar(datasets.cifar10({"path": str(tmp_path / "c.npz"), "format": "npz"}), want)
+
+
+def test_cifar_folder_loader(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    classes = ["airplane", "bird", "cat"]   # numbered in sorted order, as torchvision's ImageFolder
+    want = {}
+    for split, n in (("train", 6), ("test", 3)):
+        x, _ = fake_cifar(n, rng)
+        y = np.arange(n) % len(classes)
+        order = np.argsort(y, kind="stable")   # the loader reads class by class
+        for i in range(n):
+            folder = tmp_path / split / classes[y[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(folder / f"{i:03d}.png")
+        want[split] = (x[order], y[order])
+    check_cifar(datasets.cifar10({"path": str(tmp_path), "format": "folder"}), want)
+
+
+def test_cifar_pickle_loader(tmp_path):
+    rng = np.random.default_rng(2)
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x, y = fake_cifar(2, rng)
+        xs.append(x)
+        ys.append(y)
+        with open(base / name, "wb") as fh:
+            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(2, -1), b"labels": y.tolist()}, fh)
+    want = {"train": (np.concatenate(xs[:5]), np.concatenate(ys[:5])), "test": (xs[5], ys[5])}
+    check_cifar(datasets.cifar10({"path": str(tmp_path), "format": "pickle"}), want)
+
+
+def test_bad_dataset_path_names_the_param(tmp_path):
+    with pytest.raises(datasets.DatasetError, match=r"demp\.datasets\.cifar10\.path = '.*nope.npz' does not exist"):
+        datasets.cifar10({"path": str(tmp_path / "nope.npz"), "format": "npz"})
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((1, 32, 32, 3)))
+    with pytest.raises(datasets.DatasetError, match=r"demp\.datasets\.cifar10\.path.*lacks array"):
+        datasets.cifar10({"path": str(tmp_path / "bad.npz"), "format": "npz"})
+
+
+def test_synthetic_task_is_deterministic_and_balanced_enough():
+    cfg = dict(data_seed=3, n_classes=4, n_train=400, n_test=40, size=8, noise=0.5, shift=1)
+    a, b = datasets.synthetic(cfg), datasets.synthetic(cfg)
+    np.testing.assert_array_equal(a["train"][0], b["train"][0])
+    assert a["train"][0].shape == (400, 1, 8, 8) and np.bincount(a["train"][1]).min() > 50
+
+
+# --- the tiny chain through Snakemake ----------------------------------------------------------------
+# 11 stage processes, 8 in a row on the critical path, each ~3 s of imports: ~45 s on an idle 2-core
+# machine (longer when the cores are shared).
+
+def test_tiny_demp_chain_builds(tmp_path, env):
+    from tests.test_workflow import COPIED, ROOT, sh
+
+    for name in COPIED:
+        src, dst = ROOT / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dst)
+    env = dict(env, PYTHONPATH=str(tmp_path))
+    sh(["snakemake", "--cores", "2", "--scheduler", "greedy", "demp_all",
+        "--configfile", "params.yaml", "config/tiny.yaml"], tmp_path, env)
+    summary = pq.read_table(tmp_path / "results/demp/summary.parquet").to_pylist()
+    assert {r["method"] for r in summary} == {"dense", "demp", "magnitude"}
+    demp_row = next(r for r in summary if r["method"] == "demp")
+    mag_row = next(r for r in summary if r["method"] == "magnitude")
+    assert demp_row["units"] == mag_row["units"], "magnitude is pruned to DemP's widths"
+    run = tmp_path / "results/demp/synthetic/convnet/demp_l0/seed0"
+    widths = pq.read_table(run / "widths.parquet").to_pylist()
+    assert all(w["pruned"] <= w["trained"] <= w["full"] for w in widths)
+    assert (tmp_path / "results/demp/tradeoff.png").stat().st_size > 0
+    assert math.isnan(demp_row["latency_ratio"]), "the tiny profile skips timing (deterministic)"
