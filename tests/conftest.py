@@ -5,21 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long checks, run with `./workbench test -m slow`")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("-m"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with `./workbench test -m slow`")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture
