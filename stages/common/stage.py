@@ -102,6 +102,21 @@ class StageContext:
     def write_json(self, name: str, data: Mapping) -> Path:
         return artifacts.write_json(self.outputs[name], data)
 
+    def input_list(self, name: str) -> list[Path]:
+        """Input `name` as a list, also when the rule's expand() produced a single file."""
+        paths = self.inputs[name]
+        return paths if isinstance(paths, list) else [paths]
+
+    def save_figure(self, name: str, fig, dpi: int = 110) -> Path:
+        """Save a matplotlib figure as PNG output `name` atomically, with fixed metadata so the bytes
+        are identical across re-runs, and close it."""
+        import matplotlib.pyplot as plt
+
+        with artifacts.atomic_path(self.outputs[name]) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        plt.close(fig)
+        return self.outputs[name]
+
     def progress(self, iterable: Iterable | None = None, **kwargs):
         """A progress bar on a terminal; silent when output goes to a log file."""
         from tqdm.auto import tqdm

@@ -6,7 +6,7 @@ import logging
 
 import pyarrow as pa
 
-from stages.common.artifacts import atomic_path, read_table
+from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.decoupled.grid_toy import LENGTHS_SCHEMA
 
@@ -63,6 +63,4 @@ def run(ctx: StageContext) -> None:
            title="soft value iteration, exact", xticks=dims)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(ctx.outputs["plot"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # fixed bytes across runs
-    plt.close(fig)
+    ctx.save_figure("plot", fig, dpi=110)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages.common.artifacts import atomic_path, read_table
+from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.demp.evaluate import EVAL_SCHEMA, read_curve
 from stages.demp.paths import lambda_index, run_id
@@ -42,10 +42,6 @@ SUMMARY_SCHEMA = pa.schema([
     ("flops", pa.float64()),
     ("latency_ratio", pa.float64()),     # pruned / dense latency (NaN when not measured)
 ])
-
-
-def as_list(paths) -> list[Path]:
-    return paths if isinstance(paths, list) else [paths]
 
 
 def method_of(variant: str) -> tuple[str, int | None]:
@@ -104,7 +100,7 @@ def run(ctx: StageContext) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for p in as_list(ctx.inputs["tables"]) for r in read_table(p, EVAL_SCHEMA).to_pylist()]
+    rows = [r for p in ctx.input_list("tables") for r in read_table(p, EVAL_SCHEMA).to_pylist()]
     sweep = ctx.params["sweep"]
     summary = summarise(rows, sweep)
     ctx.write_table("table", pa.Table.from_pylist(summary, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
@@ -116,7 +112,7 @@ def run(ctx: StageContext) -> None:
     ctx.write_json("metrics", result)
 
     curves = defaultdict(list)   # (dataset, model) -> [(lambda, steps, live fraction)] of DemP seed runs
-    for path in as_list(ctx.inputs["curves"]):
+    for path in ctx.input_list("curves"):
         dataset, model, variant, _ = run_id(Path(path))
         curve = read_curve(path)
         lam = sweep[model]["lambda_max"][method_of(variant)[1]]
@@ -146,7 +142,4 @@ def run(ctx: StageContext) -> None:
         ax.set(xlabel="training step", ylabel="live unit fraction (probe set)", ylim=(0, 1.02))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(ctx.outputs["plot"]) as tmp:
-        # Fixed metadata keeps the PNG bytes identical across re-runs.
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    ctx.save_figure("plot", fig, dpi=100)

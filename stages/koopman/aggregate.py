@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.common.artifacts import atomic_path, read_table
+from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.koopman.evaluate import ERRORS_SCHEMA
 
@@ -36,10 +36,6 @@ MODES = ("none", "every", "periodic")
 METRICS = ("mse_report", "mse_final", "mse_mean", "basin_acc")
 
 
-def as_list(paths: Path | list[Path]) -> list[Path]:
-    return paths if isinstance(paths, list) else [paths]
-
-
 def run_id(path: Path) -> tuple[str, int]:
     seed_dir = path.parent
     if not seed_dir.name.startswith("seed"):
@@ -58,7 +54,7 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows, curves = [], defaultdict(lambda: defaultdict(list))   # curves[system][mode] -> [mse per step]
-    for err_path, met_path in zip(as_list(ctx.inputs["errors"]), as_list(ctx.inputs["metrics"]),
+    for err_path, met_path in zip(ctx.input_list("errors"), ctx.input_list("metrics"),
                                   strict=True):
         system, seed = run_id(met_path)
         if run_id(err_path) != (system, seed):
@@ -108,8 +104,4 @@ def run(ctx: StageContext) -> None:
                title=f"{system} (mean over {summary[system]['n_seeds']} seed(s))")
         ax.legend()
     fig.tight_layout()
-    out = Path(ctx.outputs["plot"])
-    with atomic_path(out) as tmp:
-        # Fixed metadata keeps the PNG bytes identical across re-runs.
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    plt.close(fig)
+    ctx.save_figure("plot", fig, dpi=110)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages.common.artifacts import atomic_path
 from stages.common.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,6 @@ SUMMARY_SCHEMA = pa.schema([
     ("n_modes", pa.int32()),
     ("mode_mass", pa.float64()),            # P_T(modes); the target's is R(modes)/Z
 ])
-
-
-def as_list(paths) -> list[Path]:
-    return paths if isinstance(paths, list) else [paths]
 
 
 def run_id(path: Path) -> tuple[str, str, int]:
@@ -77,7 +72,7 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows, curves = [], defaultdict(list)       # curves[(grid, objective)] -> [(steps, l1)]
-    for met_path, curve_path in zip(as_list(ctx.inputs["metrics"]), as_list(ctx.inputs["curves"]),
+    for met_path, curve_path in zip(ctx.input_list("metrics"), ctx.input_list("curves"),
                                     strict=True):
         grid, objective, seed = run_id(met_path)
         if run_id(curve_path) != (grid, objective, seed):
@@ -127,6 +122,4 @@ def run(ctx: StageContext) -> None:
         ax_h.set_xlim(0.8 * min(ent), 1.25 * max(ent))
         ax_h.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(ctx.outputs["plot"]) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})  # fixed bytes across runs
-    plt.close(fig)
+    ctx.save_figure("plot", fig, dpi=110)
