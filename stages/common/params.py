@@ -1,7 +1,8 @@
 """Params: load `params.yaml` (plus profile overlays), validate against the schema, select dotted keys.
 
 The schema is composed from one `params.schema.yaml` per method folder (`stages/<method>/`), each
-describing `params[<method>]`. Every object in it forbids unknown keys, so a typo stops the run with a
+describing `params[<method>]`. A shared package's block schema (e.g. `stages/llm/config.schema.yaml`) is
+included with `$include: llm/config.schema.yaml` (path relative to `stages/`). Every object in it forbids unknown keys, so a typo stops the run with a
 message naming the key before any work is done.
 """
 from __future__ import annotations
@@ -27,9 +28,23 @@ def method_dirs() -> list[Path]:
     return sorted(p.parent for p in PACKAGE_DIR.glob("*/params.schema.yaml"))
 
 
+def _load_schema(path: Path) -> Any:
+    return _inline_includes(yaml.safe_load(path.read_text()))
+
+
+def _inline_includes(node: Any) -> Any:
+    if isinstance(node, dict):
+        if "$include" in node:
+            return _load_schema(PACKAGE_DIR / node["$include"])
+        return {k: _inline_includes(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_includes(v) for v in node]
+    return node
+
+
 @lru_cache(maxsize=1)
 def full_schema() -> dict:
-    props = {d.name: yaml.safe_load((d / "params.schema.yaml").read_text()) for d in method_dirs()}
+    props = {d.name: _load_schema(d / "params.schema.yaml") for d in method_dirs()}
     return {"type": "object", "properties": props, "required": sorted(props),
             "additionalProperties": False}
 
