@@ -1,1 +1,1 @@
-"""Environments shared by several methods (HyperGrid; the fragment-molecule MDP will sit beside it)."""
+"""Environments shared by several methods (HyperGrid; the fragment-molecule MDP in `fragments`)."""
