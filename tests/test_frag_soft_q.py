@@ -2,6 +2,7 @@
 distribution, and convergence to a known answer on a vocabulary small enough to enumerate: GSQL with
 the max-ent backward policy samples x with probability R(x)/Z, naive soft Q-learning does not."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 from stages.chem.blocks import Block
 from stages.envs.fragments import STOP, FragmentMDP
-from stages.rl.frag_soft_q import CachedReward, FragSoftQ, FragSoftQConfig, PathCounts, train
+from stages.rl.frag_soft_q import (CachedReward, FragSoftQ, FragSoftQConfig, PathCounts, likelihood_metrics,
+                                  sample_metrics, train)
+from stages.rl.frag_task import evaluation_states, make_task
 
 # chain pieces: CC has two stems, so trees of three blocks have several construction orders
 BLOCKS = [Block("CC", (0, 1)), Block("C1CC1", (0,)), Block("Cl", (0,))]
@@ -75,3 +78,22 @@ def test_gsql_converges_to_reward_distribution_and_naive_soft_q_does_not(mdp, ba
     l1 = np.abs(p - r / r.sum()).sum()
     assert l1_min <= l1 < l1_max, l1
     assert [row["step"] for row in rows] == [100, 200, 300, 400]
+
+
+SEH = Path(__file__).resolve().parents[2] / "shared/data/seh_proxy/bengio2021flow_proxy.pkl.gz"
+
+
+@pytest.mark.skipif(not SEH.exists(), reason=f"sEH proxy weights not found at {SEH}")
+def test_seh_task_sampled_and_likelihood_metrics():
+    task = {"seh_proxy": str(SEH), "max_blocks": 2, "fp_bits": 32, "beta": 4.0, "eval_samples": 12,
+            "mode_threshold": 0.5, "test_molecules": 6, "test_seed": 3, "test_stop_prob": 0.5}
+    mdp, reward = make_task(task)
+    agent, _ = train(mdp, reward, FragSoftQConfig(iterations=3, batch_size=4, hidden=16, backward="maxent",
+                                                  beta=task["beta"]), seed=0)
+    rows, sampled = sample_metrics(agent, task["eval_samples"], torch.Generator().manual_seed(1), 0.5)
+    assert len(rows) == 12 and all(0 < r["reward"] <= 100 and 1 <= r["n_blocks"] <= 2 for r in rows)
+    assert 0 < sampled["unique_fraction"] <= 1 and sampled["mean_reward"] > 0
+    states = evaluation_states(mdp, task)
+    assert states == evaluation_states(mdp, task)            # the shared test set is fixed by its seed
+    lik = likelihood_metrics(agent, states)
+    assert -1 <= lik["pearson_logp_logr"] <= 1 and np.isfinite(lik["v_s0"])

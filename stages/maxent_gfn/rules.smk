@@ -80,6 +80,64 @@ rule maxent_gfn_aggregate:
         STAGE_SHELL
 
 
+# The same soft-Q objectives on fragment molecules (seh_frag blocks, sEH proxy): train + sampled evaluation.
+MAXENT_MOL = config["maxent_gfn"]["molecules"]
+MAXENT_MOL_OBJECTIVES = sorted(MAXENT_MOL["objectives"])
+MAXENT_MOL_RUN = "results/maxent_gfn/molecules/{mol_objective}/seed{seed}"
+
+
+rule maxent_gfn_molecules:
+    input:
+        code=code_inputs("maxent_gfn.molecules"),
+    output:
+        model=f"{MAXENT_MOL_RUN}/model.safetensors",
+        sidecar=f"{MAXENT_MOL_RUN}/model.safetensors.json",
+        samples=f"{MAXENT_MOL_RUN}/samples.parquet",
+        curve=f"{MAXENT_MOL_RUN}/train_curve.csv",
+        metrics=f"{MAXENT_MOL_RUN}/metrics.json",
+    wildcard_constraints:
+        mol_objective="|".join(MAXENT_MOL_OBJECTIVES),
+        seed=r"\d+",
+    params:
+        **stage_params(config, "maxent_gfn.molecules", seed="seed", task="maxent_gfn.molecules.task",
+                       objective="maxent_gfn.molecules.objectives.{mol_objective}",
+                       train="maxent_gfn.molecules.train"),
+    log:
+        "logs/maxent_gfn/molecules/{mol_objective}/seed{seed}/train.log",
+    benchmark:
+        "benchmarks/maxent_gfn/molecules/{mol_objective}/seed{seed}/train.tsv"
+    resources:
+        runtime=120,
+        mem_mb=3000,
+    conda:
+        "../../envs/maxent_gfn.yaml"
+    shell:
+        STAGE_SHELL
+
+
+rule maxent_gfn_molecules_aggregate:
+    input:
+        code=code_inputs("maxent_gfn.molecules_aggregate"),
+        metrics=expand(rules.maxent_gfn_molecules.output.metrics, mol_objective=MAXENT_MOL_OBJECTIVES,
+                       seed=MAXENT_MOL["seeds"]),
+    output:
+        table="results/maxent_gfn/molecules/summary.parquet",
+        table_csv=report("results/maxent_gfn/molecules/summary.csv", category="Max-ent GFlowNets"),
+        plot=report("results/maxent_gfn/molecules/correlation_and_reward.png", category="Max-ent GFlowNets"),
+        metrics="results/maxent_gfn/molecules/metrics.json",
+    params:
+        **stage_params(config, "maxent_gfn.molecules_aggregate"),
+    log:
+        "logs/maxent_gfn/molecules/aggregate.log",
+    benchmark:
+        "benchmarks/maxent_gfn/molecules/aggregate.tsv"
+    conda:
+        "../../envs/maxent_gfn.yaml"
+    shell:
+        STAGE_SHELL
+
+
 rule maxent_gfn_all:
     input:
         rules.maxent_gfn_aggregate.output,
+        rules.maxent_gfn_molecules_aggregate.output,

@@ -1,0 +1,311 @@
+"""SAC under an action-rescaling wrapper: the wrapper, the unit-box entropy, the temperature targets and their
+effect at a small scale, resuming a killed run, evaluation on shared start states, the dm_control adapter."""
+import math
+import shutil
+
+import gymnasium as gym
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages.common.artifacts import load_checkpoint, sidecar_path
+from stages.common.params import load_params
+from stages.common.stage import StageContext
+from stages.decoupled import sac_aggregate, sac_evaluate, sac_train
+from stages.envs.control import ActionRescale, make_control_env
+from stages.rl.sac import (SAC, Actor, SACConfig, Temperature, TemperatureConfig, entropy_range, evaluate,
+                           greedy_policy, target_entropy, train)
+
+from tests.test_workflow import ROOT
+
+TINY = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")["decoupled"]["sac"]
+
+
+class BoxEcho(gym.Env):
+    """Records the action it receives; asymmetric, non-unit box."""
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([3.0, 10.0], np.float32))
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.last = action
+        return np.zeros(1, np.float32), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.25, 1.0, 4.0])
+def test_action_rescale_maps_the_agent_box_onto_the_task_box_and_clips(scale):
+    env = ActionRescale(BoxEcho(), scale)
+    assert env.action_space.low.tolist() == pytest.approx([-scale] * 2)
+    assert env.action_space.high.tolist() == pytest.approx([scale] * 2)
+    for agent, task in [([-scale, -scale], [-1, 0]), ([scale, scale], [3, 10]), ([0, 0], [1, 5]),
+                        ([scale / 2, -scale / 2], [2, 2.5]), ([3 * scale, -7 * scale], [3, 0])]:
+        env.step(np.array(agent, np.float32))
+        assert env.unwrapped.last.tolist() == pytest.approx(task, abs=1e-6)
+    pend = make_control_env("Pendulum-v1", scale)
+    assert pend.action(np.array([scale])).tolist() == pytest.approx([2.0])
+    assert pend.action(np.array([-10 * scale])).tolist() == pytest.approx([-2.0])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_action_rescale_refuses_non_positive_scales(bad):
+    with pytest.raises(ValueError, match="positive"):
+        ActionRescale(BoxEcho(), bad)
+
+
+def constant_gaussian_actor(scale: float, d: int, sigma: float) -> Actor:
+    """An actor whose policy is tanh(N(0, sigma^2 I)) scaled to [-scale, scale]^d whatever the state."""
+    low, high = np.full(d, -scale), np.full(d, scale)
+    actor = Actor(1, low, high, SACConfig(hidden=4, layers=1))
+    last = actor.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        # log_std = MIN + (MAX - MIN) (tanh(b) + 1) / 2  ->  b for log sigma
+        t = 2 * (math.log(sigma) + 5.0) / 7.0 - 1
+        last.bias.copy_(torch.tensor([0.0] * d + [math.atanh(t)] * d))
+    return actor
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 4.0])
+def test_unit_box_entropy_of_a_narrow_gaussian_and_its_shift_by_d_log_s(scale):
+    d, sigma = 2, 0.05
+    agent = SAC(1, np.full(d, -scale), np.full(d, scale), SACConfig(hidden=4, layers=1, buffer_size=1),
+                TemperatureConfig(), seed=0)
+    agent.actor = constant_gaussian_actor(scale, d, sigma)
+    unit, scaled = agent.entropies(np.zeros((40_000, 1), np.float32))
+    # tanh is the identity to O(sigma^2) near 0: the unit-box policy is ~N(0, sigma^2 I)
+    gaussian = d * (0.5 * math.log(2 * math.pi * math.e) + math.log(sigma))
+    assert unit == pytest.approx(gaussian, abs=0.03)
+    assert scaled == pytest.approx(unit + d * math.log(scale), abs=1e-4)
+
+
+def test_unit_box_log_prob_does_not_depend_on_the_scale():
+    obs = torch.zeros(500, 1)
+    logps = {}
+    for scale in (0.1, 1.0, 4.0):
+        actor = constant_gaussian_actor(scale, 3, 0.7)    # wide: tanh saturates, the Jacobian matters
+        act, logp = actor.sample(obs, torch.Generator().manual_seed(0))
+        assert act.abs().max() <= scale
+        logps[scale] = actor.unit_box_log_prob(logp)
+    torch.testing.assert_close(logps[0.1], logps[1.0])
+    torch.testing.assert_close(logps[4.0], logps[1.0])
+
+
+@pytest.mark.parametrize("scale,d", [(0.1, 1), (1.0, 1), (4.0, 3)])
+def test_temperature_targets_and_static_value(scale, d):
+    low, high = np.full(d, -scale), np.full(d, scale)
+    h_max, h_min = d * math.log(2 * scale), d * math.log(1e-3)
+    assert entropy_range(low, high, 1e-3) == pytest.approx((h_max, h_min))
+    assert target_entropy(TemperatureConfig(kind="auto"), low, high) == -d
+    assert target_entropy(TemperatureConfig(kind="decoupled", alpha=0.1), low, high) == pytest.approx(
+        0.1 * h_max + 0.9 * h_min)
+    assert math.isnan(target_entropy(TemperatureConfig(kind="fixed"), low, high))
+    static = Temperature(TemperatureConfig(kind="static", tau=1.5), low, high, lr=1e-3)
+    assert static.value().item() == pytest.approx(1.5 / (h_max - h_min), rel=1e-6)
+    assert Temperature(TemperatureConfig(kind="fixed", tau=0.3), low, high, lr=1e-3).value().item() == \
+        pytest.approx(0.3)
+
+
+def test_h_min_guard_when_the_box_is_tinier_than_min_width():
+    h_max, h_min = entropy_range(np.array([-1e-4]), np.array([1e-4]), 1e-3)
+    assert h_min == pytest.approx(h_max - 3)
+
+
+@pytest.mark.parametrize("entropy_offset,direction", [(-0.5, 1), (0.5, -1)])
+def test_learned_temperature_rises_below_its_target_and_falls_above(entropy_offset, direction):
+    temp = Temperature(TemperatureConfig(kind="auto", init=1.0), np.full(2, -1.0), np.full(2, 1.0), lr=0.01)
+    entropy = temp.target + entropy_offset
+    before = temp.value().item()
+    for _ in range(5):
+        temp.update(torch.full((8,), -entropy))
+    assert direction * (temp.value().item() - before) > 0
+    with pytest.raises(ValueError, match="not one of"):
+        TemperatureConfig.from_dict({"kind": "adaptive"})
+
+
+def short_run(kind: str, scale: float) -> SAC:
+    env = make_control_env("Pendulum-v1", scale, max_episode_steps=50)
+    agent = SAC(3, env.action_space.low, env.action_space.high,
+                SACConfig(hidden=16, batch_size=32, learning_starts=50, buffer_size=1000, lr_temperature=2e-3),
+                TemperatureConfig(kind=kind, init=1.0), seed=0)
+    train(env, agent, 200, seed=0)                  # 150 updates: Adam moves log tau by up to ~0.3
+    return agent
+
+
+def test_at_scale_0_1_the_minus_d_target_raises_the_temperature_and_the_decoupled_one_lowers_it():
+    auto, decoupled = short_run("auto", 0.1), short_run("decoupled", 0.1)
+    # max entropy in [-0.1, 0.1] is log 0.2 < -1: the -d target cannot be met, tau grows every update
+    assert auto.temperature.value().item() > 1.2
+    # its target (0.1 log 0.2 + 0.9 log 1e-3 = -6.4) is below the policy's entropy: tau falls
+    assert decoupled.temperature.value().item() < 0.85
+
+
+def stage_ctx(stage: str, run_dir, outputs: dict, inputs=None, seed: int = 0, **aliases) -> StageContext:
+    params = {alias: _get(dotted) for alias, dotted in aliases.items()}
+    return StageContext(stage=stage, params=params, param_keys=aliases, inputs=inputs or {},
+                        outputs={k: run_dir / v for k, v in outputs.items()}, seed_value=seed)
+
+
+def _get(dotted: str):
+    node = {"decoupled": {"sac": TINY}}
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def train_ctx(run_dir, temperature="auto", seed=0, total_steps=None) -> StageContext:
+    ctx = stage_ctx("decoupled.sac_train", run_dir,
+                     {"model": "model.safetensors", "curve": "curve.csv"}, seed=seed,
+                     env="decoupled.sac.envs.pendulum", temperature=f"decoupled.sac.temperatures.{temperature}",
+                     agent="decoupled.sac.agent", train="decoupled.sac.train")
+    if total_steps is not None:
+        ctx.params["env"] = {**ctx.params["env"], "total_steps": total_steps}
+    return ctx
+
+
+class SimulatedKill(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tmp_path, monkeypatch, caplog):
+    whole = tmp_path / "a/pendulum/s0.25/auto/seed0"
+    sac_train.run(train_ctx(whole))
+
+    killed = tmp_path / "b/pendulum/s0.25/auto/seed0"
+    original, saves = sac_train.save_resume, []
+
+    def save_then_die(path, agent, progress, provenance):
+        original(path, agent, progress, provenance)
+        saves.append(progress.step)
+        if len(saves) == 1:
+            raise SimulatedKill
+
+    monkeypatch.setattr(sac_train, "save_resume", save_then_die)
+    with pytest.raises(SimulatedKill):
+        sac_train.run(train_ctx(killed))
+    assert (killed / "resume.safetensors").exists() and not (killed / "model.safetensors").exists()
+    monkeypatch.setattr(sac_train, "save_resume", original)
+    with caplog.at_level("INFO"):
+        sac_train.run(train_ctx(killed))
+    assert f"resuming from {killed / 'resume.safetensors'} at step {saves[0]}" in caplog.text
+    assert 0 < saves[0] < TINY["envs"]["pendulum"]["total_steps"]
+    assert not (killed / "resume.safetensors").exists()
+
+    a, b = load_checkpoint(whole / "model.safetensors"), load_checkpoint(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert (whole / "curve.csv").read_text() == (killed / "curve.csv").read_text()
+
+
+def test_a_resume_file_from_other_params_is_ignored(tmp_path, caplog):
+    run_dir = tmp_path / "pendulum/s1/auto/seed0"
+    sac_train.run(train_ctx(run_dir, seed=1, total_steps=200))
+    other = tmp_path / "x/pendulum/s1/auto/seed0"
+    ctx = train_ctx(other, seed=1, total_steps=200)
+    agent = sac_train.build(ctx.params["env"], ctx.params["agent"], ctx.params["temperature"], 1.0, 1)[1]
+    stale = {**ctx.provenance(), "params_hash": "0" * 16}
+    sac_train.save_resume(other / "resume.safetensors", agent, sac_train.Progress(step=150, episode=3), stale)
+    with caplog.at_level("WARNING"):
+        sac_train.run(ctx)
+    assert "starting afresh" in caplog.text
+    assert (run_dir / "curve.csv").read_text() == (other / "curve.csv").read_text()
+
+
+def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(tmp_path):
+    returns, curves = [], []
+    for scale in ("0.1", "1"):
+        for temp in ("auto", "decoupled"):
+            run_dir = tmp_path / f"pendulum/s{scale}/{temp}/seed0"
+            sac_train.run(train_ctx(run_dir, temp, total_steps=200))
+            sac_evaluate.run(stage_ctx(
+                "decoupled.sac_evaluate", run_dir, {"returns": "returns.parquet", "metrics": "metrics.json"},
+                inputs={"model": run_dir / "model.safetensors"}, env="decoupled.sac.envs.pendulum",
+                agent="decoupled.sac.agent", evaluate="decoupled.sac.evaluate"))
+            returns.append(run_dir / "returns.parquet")
+            curves.append(run_dir / "curve.csv")
+    tables = [pq.read_table(p).to_pylist() for p in returns]
+    first = TINY["evaluate"]["first_reset_seed"]
+    expected = list(range(first, first + TINY["evaluate"]["episodes"]))
+    assert all([r["reset_seed"] for r in t] == expected for t in tables)
+    assert len({tuple(r["return"] for r in t) for t in tables}) > 1, "different agents, different returns"
+
+    sac_aggregate.run(stage_ctx(
+        "decoupled.sac_aggregate", tmp_path, {"table": "summary.parquet", "plot": "plot.png",
+                                              "metrics": "metrics.json"},
+        inputs={"returns": returns, "curves": curves}, envs="decoupled.sac.envs",
+        temperatures="decoupled.sac.temperatures", aggregate="decoupled.sac.aggregate"))
+    summary = pq.read_table(tmp_path / "summary.parquet").to_pylist()
+    assert {(r["temperature"], r["scale"]) for r in summary} == {
+        (t, s) for t in ("auto", "decoupled") for s in (0.1, 1.0)}
+    small = {r["temperature"]: r for r in summary if r["scale"] == 0.1}
+    assert small["auto"]["final_temperature"] > small["decoupled"]["final_temperature"]
+    assert small["auto"]["target_entropy_unit"] == pytest.approx(-1 - math.log(0.1))
+    import json
+    verdicts = json.loads((tmp_path / "metrics.json").read_text())["envs"]["pendulum"]["verdicts"]
+    assert verdicts["candidate_temperature_lower_at_small_scale"] is True
+    assert {"mechanism_shown", "candidate_returns_vary_less_across_scales"} <= set(verdicts)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_bad_run_folder_names_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="not a number"):
+        sac_train.run_id(tmp_path / "pendulum/sbig/auto/seed0/model.safetensors")
+    with pytest.raises(ValueError, match="run folder"):
+        sac_train.run_id(tmp_path / "model.safetensors")
+
+
+def test_dm_control_adapter_steps_with_flat_observations_and_sac_runs_on_it():
+    env = make_control_env("dm_control:cartpole-swingup", 0.25, max_episode_steps=30)
+    assert env.observation_space.shape == (5,) and env.action_space.shape == (1,)
+    assert env.action_space.high.tolist() == [0.25]
+    o1, _ = env.reset(seed=7)
+    o2, _ = env.reset(seed=7)
+    np.testing.assert_array_equal(o1, o2)
+    assert o1.shape == (5,) and o1.dtype == np.float32
+    obs, rew, terminated, truncated, _ = env.step(np.array([0.25], np.float32))
+    assert obs.shape == (5,) and isinstance(rew, float) and not terminated and not truncated
+    agent = SAC(5, env.action_space.low, env.action_space.high,
+                SACConfig(hidden=8, batch_size=8, learning_starts=20, buffer_size=100),
+                TemperatureConfig(kind="decoupled"), seed=0)
+    progress = train(env, agent, 60, seed=0)
+    assert [r["length"] for r in progress.rows] == [30, 30] and agent.updates == 41
+    results = evaluate(env, greedy_policy(agent.actor), [1, 2])
+    assert [r["length"] for r in results] == [30, 30]
+    with pytest.raises(ValueError, match="unknown dm_control task"):
+        make_control_env("dm_control:cartpole-juggle")
+
+
+PAPER = load_params(ROOT / "params.yaml", ROOT / "config/paper.yaml")["decoupled"]["sac"]
+
+
+@pytest.mark.parametrize("name", PAPER["run_envs"])
+def test_every_paper_profile_task_trains_a_few_steps(name):
+    env_cfg = {**PAPER["envs"][name], "total_steps": 40, "learning_starts": 10, "max_episode_steps": 20}
+    agent_cfg = {**PAPER["agent"], "hidden": 8, "batch_size": 8, "buffer_size": 100}
+    env, agent = sac_train.build(env_cfg, agent_cfg, PAPER["temperatures"]["decoupled"], 0.25, seed=0)
+    progress = train(env, agent, env_cfg["total_steps"], seed=0)
+    assert len(progress.rows) == 2 and agent.updates == 31
+    assert all(math.isfinite(r["entropy_unit"]) for r in progress.rows)
+
+
+def test_snakemake_plans_the_tiny_sac_sweep(tmp_path, env):
+    from tests.test_workflow import COPIED, sh
+
+    for name in COPIED:
+        src, dst = ROOT / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dst)
+    out = sh(["snakemake", "-n", "--cores", "1", "decoupled_all", "--configfile", "params.yaml",
+              "config/tiny.yaml"], tmp_path, dict(env, PYTHONPATH=str(tmp_path))).stdout
+    jobs = dict(line.split()[:2] for line in out.splitlines()
+                if line.split()[:1] and line.split()[0].startswith("decoupled_sac"))
+    runs = len(TINY["scales"]) * len(TINY["run_temperatures"]) * len(TINY["seeds"])
+    assert jobs == {"decoupled_sac_train": str(runs), "decoupled_sac_evaluate": str(runs),
+                    "decoupled_sac_aggregate": "1"}
+    assert "results/decoupled/sac/pendulum/s0.1/auto/seed0/curve.csv" in out
