@@ -16,6 +16,7 @@ include: "stages/koopman/rules.smk"
 include: "stages/demp/rules.smk"
 include: "stages/maxent_gfn/rules.smk"
 include: "stages/decoupled/rules.smk"
+include: "stages/motif/rules.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
         rules.demp_all.input,
         rules.maxent_gfn_all.input,
         rules.decoupled_all.input,
+        rules.motif_all.input,

@@ -93,6 +93,7 @@ def cmd_profile(args) -> int:
     target = ROOT / "params.yaml"
     load_params(target, overlay)  # validate the result before touching params.yaml
     rt = YAML()
+    rt.preserve_quotes = True  # "yes" / "no" must stay strings for YAML 1.1 readers (PyYAML, Snakemake)
     doc, patch = rt.load(target.read_text()), rt.load(overlay.read_text())
 
     def apply(node, values):

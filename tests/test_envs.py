@@ -37,3 +37,18 @@ def test_env_pins_match_requirements(env_file):
         assert REQUIREMENTS.get(name) == version, (
             f"{env_file.name}: {name}=={version} but requirements.txt has {REQUIREMENTS.get(name)}")
     assert "torch" in env_pins
+
+
+NODEPS = pins((ROOT / "requirements-nodeps.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "envs").glob("*.post-deploy.sh")), ids=lambda p: p.name)
+def test_post_deploy_installs_match_nodeps_requirements(script):
+    installs = [line.split("--no-deps", 1)[1].split() for line in script.read_text().splitlines()
+                if "pip install" in line and not line.lstrip().startswith("#")]
+    assert installs, f"{script.name} installs nothing"
+    for args in installs:
+        for name, version in pins(args).items():
+            assert NODEPS.get(name) == version, (
+                f"{script.name}: {name}=={version} but requirements-nodeps.txt has {NODEPS.get(name)}")
+    assert (ROOT / "envs" / script.name.replace(".post-deploy.sh", ".yaml")).exists()

@@ -1,0 +1,115 @@
+"""Roll out a policy in NetHackScore-v0 and store one row per observation: the caption (decoded message),
+the blstats fields later stages read, the extrinsic reward and the episode structure.
+
+Row `step` 0 of an episode is the observation after reset (action -1, reward 0); row t > 0 follows the
+t-th action. NLE zeroes blstats (and the message) in the observation that ends a game, so the last row of
+an episode that died has zero stats; read score and depth from the row before it. Episodes use seeds of the "train" split (stream `collect.seed`), so evaluation levels are
+never collected. The policy is uniform random or a train_rl checkpoint (input `policy`). An episode whose
+NLE core raises is logged, marked `crashed` and ended; collection goes on with a rebuilt env. The loop
+only copies the raw message bytes and blstats into preallocated arrays; decoding happens once at the end
+(bench/motif_collect_speed.py checks the overhead against bare env.step).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+
+from stages.common.stage import StageContext
+from stages.envs.nethack import BLSTATS, decode_messages, episode_seed, make_env, reset_seeded, seed_split
+from stages.motif.policy import PolicyActor, load_agent
+
+log = logging.getLogger(__name__)
+
+STEPS_SCHEMA = pa.schema(
+    [("episode", pa.int32()), ("step", pa.int32()), ("seed", pa.int64()), ("action", pa.int16()),
+     ("message", pa.string()), ("reward", pa.float32()), ("done", pa.bool_()), ("crashed", pa.bool_())]
+    + [(name, pa.int32()) for name in BLSTATS])
+N_ACTIONS = 23   # NetHackScore's action set (nle.env.tasks.TASK_ACTIONS)
+
+
+def collect(n_steps: int, seed_fn: Callable[[int], int], actor: PolicyActor,
+            make: Callable[[], gym.Env] = make_env) -> pa.Table:
+    """`n_steps` rows from consecutive episodes (the last one is cut at the budget, done=False)."""
+    # per-step work is three appends of raw bytes/floats; everything else is derived at the end
+    msgs, stats, rewards, actions = [], [], [], []
+    starts, ends, seeds, crashed = [], [], [], []
+    # a random policy's actions are drawn up front: one RNG call instead of one per step
+    drawn = actor.rng.integers(actor.n_actions, size=n_steps).tolist() if actor.agent is None else None
+    env, ep = make(), 0
+    while len(msgs) < n_steps:
+        seeds.append(seed_fn(ep))
+        try:
+            obs = reset_seeded(env, seeds[ep])
+        except Exception:  # noqa: BLE001  NLE raises assorted errors from its C core
+            log.exception("NLE reset crashed (episode %d, seed %d); skipped", ep, seeds[ep])
+            env, ep = make(), ep + 1
+            seeds.pop()
+            continue
+        starts.append(len(msgs))
+        crashed.append(False)
+        msgs.append(obs["message"].tobytes())
+        stats.append(obs["blstats"].tobytes())
+        rewards.append(0.0)
+        while len(msgs) < n_steps:
+            a = drawn[len(actions)] if drawn is not None else int(actor([obs])[0])
+            try:
+                obs, r, term, trunc, _ = env.step(a)
+            except Exception:  # noqa: BLE001
+                log.exception("NLE step crashed (episode %d, seed %d, step %d); episode marked crashed",
+                              ep, seeds[ep], len(msgs) - starts[-1])
+                crashed[-1] = True
+                ends.append(len(msgs) - 1)
+                env = make()
+                break
+            actions.append(a)
+            msgs.append(obs["message"].tobytes())
+            stats.append(obs["blstats"].tobytes())
+            rewards.append(r)
+            if term or trunc:
+                ends.append(len(msgs) - 1)
+                break
+        ep += 1
+    env.close()
+
+    n = len(msgs)
+    starts_arr = np.asarray(starts)
+    lengths = np.diff(np.append(starts_arr, n))
+    episode = np.repeat(np.arange(len(starts), dtype=np.int32), lengths)
+    step = np.arange(n) - starts_arr[episode]
+    action = np.full(n, -1, np.int16)
+    action[step > 0] = actions
+    done = np.zeros(n, bool)
+    done[ends] = True
+    bl = np.frombuffer(b"".join(stats), np.int64).reshape(n, -1)
+    columns = {"episode": episode, "step": step, "seed": np.asarray(seeds, np.int64)[episode],
+               "action": action, "message": decode_messages(msgs),
+               "reward": np.asarray(rewards, np.float32), "done": done,
+               "crashed": np.asarray(crashed)[episode]}
+    columns |= {name: bl[:, idx].astype(np.int32) for name, idx in BLSTATS.items()}
+    return pa.table(columns, STEPS_SCHEMA)
+
+
+def run(ctx: StageContext) -> None:
+    cfg, env_cfg = ctx.params["collect"], ctx.params["env"]
+    agent = None
+    if "policy" in ctx.inputs:
+        agent = load_agent(ctx.inputs["policy"], N_ACTIONS, ctx.params["policy"])
+    actor = PolicyActor(agent, N_ACTIONS, seed=cfg["seed"])
+
+    def seed_fn(k: int) -> int:
+        seed = episode_seed("train", cfg["seed"], k)
+        assert seed_split(seed) == "train"
+        return seed
+
+    table = collect(cfg["steps"], seed_fn, actor, lambda: make_env(env_cfg["max_episode_steps"]))
+    messages = table.column("message").to_pylist()
+    n_eps = int(table.column("episode").to_numpy().max()) + 1
+    log.info("collected %d steps, %d episodes (%d crashed) with a %s policy; %d non-empty captions, "
+             "%d distinct", table.num_rows, n_eps,
+             len(set(np.asarray(table.column("episode"))[np.asarray(table.column("crashed"))])),
+             "trained" if agent else "random", sum(map(bool, messages)), len(set(messages) - {""}))
+    ctx.write_table("steps", table, STEPS_SCHEMA)

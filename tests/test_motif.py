@@ -1,0 +1,295 @@
+"""Motif on NetHack: collector rows and seeds, pair rules, the reward model, the intrinsic reward formula,
+PPO that resumes exactly after a kill."""
+import json
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from stages.common.stage import StageContext
+from stages.envs.nethack import (BLSTATS, NetHackVecEnv, assert_disjoint, episode_seed, make_env,
+                                 seed_split)
+from stages.motif.collect import N_ACTIONS, STEPS_SCHEMA, collect
+from stages.motif.evaluate import evaluate, evaluation_seeds
+from stages.motif.intrinsic import MotifReward, intrinsic_reward
+from stages.motif.pairs import PAIRS_SCHEMA, sample_pairs
+from stages.motif.policy import PolicyActor
+from stages.motif.reward import ANNOTATIONS_SCHEMA, soft_targets, train_reward_model
+from stages.motif.reward_model import CaptionRewardNet, RewardModel
+from stages.motif.train_rl import PPOConfig, RewardConfig, Stopped, train
+
+REWARD_MODEL = {"max_len": 64, "embed_dim": 8, "channels": 16, "kernel": 3, "hidden": 16}
+POLICY = {"crop": 5, "embed_dim": 4, "hidden": 32}
+
+
+# -- collect ------------------------------------------------------------------------------------------
+def test_collector_writes_valid_per_step_rows():
+    table = collect(400, lambda k: episode_seed("train", 3, k), PolicyActor(None, N_ACTIONS, 0),
+                    make=lambda: make_env(max_episode_steps=60))
+    assert table.schema.equals(STEPS_SCHEMA) and table.num_rows == 400
+    df = table.to_pandas()
+    starts = df[df.step == 0]
+    assert (starts.action == -1).all() and (starts.reward == 0).all()
+    assert (df[df.step > 0].action.between(0, N_ACTIONS - 1)).all()
+    assert df.episode.nunique() >= 6   # 60-step episodes: at least 6 in 400 rows
+    for _, ep in df.groupby("episode"):
+        assert list(ep.step) == list(range(len(ep)))
+        assert ep.seed.nunique() == 1 and seed_split(int(ep.seed.iloc[0])) == "train"
+        assert not ep.done.iloc[:-1].any()                  # done only on an episode's last row
+    assert df[df.episode < df.episode.max()].groupby("episode").done.last().all()
+    assert not df.message.str.contains("\x00").any() and (df.message == df.message.str.strip()).all()
+    assert (df.message != "").any() and not df.crashed.any()
+    assert set(BLSTATS) <= set(df.columns) and (df.turn >= 1).any()
+    # the same seeds and action seed give the same rows
+    again = collect(400, lambda k: episode_seed("train", 3, k), PolicyActor(None, N_ACTIONS, 0),
+                    make=lambda: make_env(max_episode_steps=60))
+    assert again.equals(table)
+
+
+def test_collector_rolls_out_a_saved_policy_checkpoint(tmp_path):
+    from stages.common.artifacts import save_checkpoint
+    from stages.motif.policy import Agent, load_agent
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "policy.safetensors", Agent.from_params(N_ACTIONS, POLICY).state_dict(), {})
+    agent = load_agent(tmp_path / "policy.safetensors", N_ACTIONS, POLICY)
+    rows = [collect(80, lambda k: episode_seed("train", 1, k), PolicyActor(agent, N_ACTIONS, seed), make_env)
+            for seed in (0, 0, 1)]
+    assert rows[0].equals(rows[1]) and not rows[0].equals(rows[2])   # sampled with its own seeded generator
+    assert rows[0].column("action").to_numpy()[1:].min() >= 0
+
+
+class CrashOnStep(gym.Wrapper):
+    """An env whose NLE core 'crashes' at its k-th step."""
+
+    def __init__(self, env, k):
+        super().__init__(env)
+        self.k, self.n = k, 0
+
+    def step(self, action):
+        self.n += 1
+        if self.n == self.k:
+            raise RuntimeError("simulated NLE crash")
+        return self.env.step(action)
+
+
+def test_collector_marks_a_crashed_episode_and_goes_on():
+    made = []
+
+    def make():
+        made.append(CrashOnStep(make_env(max_episode_steps=50), k=20 if not made else 10**9))
+        return made[-1]
+
+    df = collect(200, lambda k: episode_seed("train", 0, k), PolicyActor(None, N_ACTIONS, 1), make).to_pandas()
+    assert len(made) == 2 and len(df) == 200
+    first = df[df.episode == 0]
+    assert first.crashed.all() and len(first) == 20 and first.done.iloc[-1]   # reset row + 19 steps
+    assert not df[df.episode > 0].crashed.any() and df.episode.max() >= 3
+
+
+@pytest.mark.parametrize("train_base, eval_base", [(0, 0), (5, 0), (0, 7), (1048575, 1048575)])
+def test_train_and_eval_seeds_never_overlap(train_base, eval_base):
+    train_seeds = [episode_seed("train", train_base, k) for k in range(2000)]
+    eval_seeds = evaluation_seeds(eval_base, 2000)
+    assert_disjoint(train_seeds, eval_seeds)
+    assert {seed_split(s) for s in train_seeds} == {"train"} and {seed_split(s) for s in eval_seeds} == {"eval"}
+    with pytest.raises(ValueError, match="both training and evaluation"):
+        assert_disjoint(train_seeds, train_seeds[:3] + eval_seeds)
+    with pytest.raises(ValueError):
+        episode_seed("train", train_base, 1 << 20)
+
+
+# -- pairs --------------------------------------------------------------------------------------------
+MESSAGES = ["", "It's a wall.", "It's a wall.", "", "You kill the newt!", "", "$ - 3 gold pieces.",
+            "It's a wall.", "", "You see here a dagger.", "It's solid stone.", "", "You kill the jackal!"]
+EPISODES = np.array([0] * 7 + [1] * 6)
+
+
+@pytest.mark.parametrize("sample_by", ["step", "caption"])
+def test_pairs_drop_empties_mark_ties_and_are_deterministic(sample_by):
+    table = sample_pairs(MESSAGES, EPISODES, 500, 100, sample_by, False, seed=3)
+    assert table.schema.equals(PAIRS_SCHEMA)
+    df = table.to_pandas()
+    assert list(df.pair_id) == list(range(500))
+    assert (df.message_a != "").all() and (df.message_b != "").all()
+    assert (df.tie == (df.message_a == df.message_b)).all() and df.tie.any() and not df.tie.all()
+    assert (np.asarray(MESSAGES, object)[df.row_a] == df.message_a).all()
+    assert sample_pairs(MESSAGES, EPISODES, 500, 100, sample_by, False, seed=3).equals(table)
+    assert not sample_pairs(MESSAGES, EPISODES, 500, 100, sample_by, False, seed=4).equals(table)
+
+
+def test_pairs_group_repeats_and_cap_distinct_captions():
+    grouped = sample_pairs(MESSAGES, EPISODES, 400, 100, "step", True, seed=0).to_pandas()
+    rows = set(grouped.row_a) | set(grouped.row_b)
+    assert 2 not in rows and 1 in rows     # row 2 repeats row 1's "It's a wall." in the same episode
+    assert 7 in rows                        # ... row 7 does not follow another wall message
+    capped = sample_pairs(MESSAGES, EPISODES, 400, 3, "caption", True, seed=0).to_pandas()
+    assert len(set(capped.message_a) | set(capped.message_b)) == 3
+    with pytest.raises(ValueError, match="non-empty caption"):
+        sample_pairs(["", "", "x"], np.zeros(3, int), 5, 10, "step", False, seed=0)
+
+
+# -- reward model -------------------------------------------------------------------------------------
+def synthetic_captions(rng, n):
+    things = ["a dagger", "a newt corpse", "an orange", "a scroll", "3 gold pieces", "12 gold pieces",
+              "a gold ring", "a potion", "a wand", "the jackal", "a boulder", "7 gold pieces"]
+    verbs = ["You see here {}.", "There is {} here.", "You find {}.", "{} lies on the floor.", "It's {}."]
+    return [verbs[rng.integers(len(verbs))].format(things[rng.integers(len(things))]) for _ in range(n)]
+
+
+def test_reward_model_learns_a_synthetic_preference():
+    rng = np.random.default_rng(0)
+    a, b = synthetic_captions(rng, 800), synthetic_captions(rng, 800)
+    gold_a, gold_b = (np.array(["gold" in m for m in x]) for x in (a, b))
+    labels = np.where(gold_a & ~gold_b, 1, np.where(gold_b & ~gold_a, 2, 0))
+    torch.manual_seed(0)
+    net, result, curve = train_reward_model(a, b, labels, REWARD_MODEL,
+                                            {"epochs": 15, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0,
+                                             "heldout_fraction": 0.25}, seed=0)
+    assert result["heldout_decided"] > 50
+    assert result["heldout_agreement"] > 0.9, result
+    model = RewardModel(net)
+    r = model.score(["You find 40 gold pieces.", "It's a boulder.", "You see here a gold ring.", "It's an orange."])
+    assert r[0] > r[1] and r[2] > r[3]          # unseen captions ranked by the learnt rule
+
+
+def test_soft_targets_follow_the_labels():
+    assert soft_targets(np.array([1, 2, 0])).tolist() == [0.0, 1.0, 0.5]
+
+
+def test_reward_stage_skips_masked_labels_and_writes_its_artifacts(tmp_path):
+    from stages.motif.reward import run
+
+    rng = np.random.default_rng(1)
+    steps = synthetic_captions(rng, 300) + [""] * 50
+    pq.write_table(pa.table({"message": steps}), tmp_path / "steps.parquet")
+    pairs = sample_pairs(steps, np.zeros(len(steps), int), 400, 100, "caption", False, seed=0)
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    df = pairs.to_pandas()
+    label = np.where(df.tie, 0, np.where(df.message_a.str.contains("gold"), 1, 2)).astype(np.int8)
+    label[:40] = -1                                      # the judge failed on these: masked
+    ann = pa.table({"pair_id": df.pair_id, "label": label, "masked": label == -1}, ANNOTATIONS_SCHEMA)
+    pq.write_table(ann, tmp_path / "annotations.parquet")
+    outs = {k: tmp_path / f"{k}.{ext}" for k, ext in [("model", "safetensors"), ("stats", "json"),
+                                                        ("messages", "parquet"), ("metrics", "json"),
+                                                        ("curve", "csv")]}
+    ctx = StageContext("motif.reward", {"model": REWARD_MODEL, "train": {
+        "seed": 0, "epochs": 3, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0, "heldout_fraction": 0.2,
+        "report_top": 4}}, {"model": "motif.reward.model", "train": "motif.reward.train"},
+        {n: tmp_path / f"{n}.parquet" for n in ("steps", "pairs", "annotations")}, outs)
+    run(ctx)
+    metrics = json.loads(outs["metrics"].read_text())
+    assert metrics["usable_pairs"] == 360 and metrics["masked"] == 40
+    stats = json.loads(outs["stats"].read_text())
+    q = [stats["quantiles"][f"{p:.2f}"] for p in np.arange(0.05, 0.96, 0.05)]
+    assert len(q) == 19 and q == sorted(q) and stats["std"] > 0 and stats["model"] == REWARD_MODEL
+    top = pq.read_table(outs["messages"]).to_pandas()
+    assert list(top.kind) == ["top"] * 4 + ["bottom"] * 4
+    assert top.reward_normalized.iloc[0] >= top.reward_normalized.iloc[4]
+    loaded = RewardModel.load(outs["model"], outs["stats"])
+    assert loaded.threshold(0.5) == stats["quantiles"]["0.50"]
+
+
+def test_reward_model_cache_and_batching_agree():
+    torch.manual_seed(0)
+    model = RewardModel(CaptionRewardNet.from_params(REWARD_MODEL), cache_size=4, batch_size=2)
+    msgs = [f"message number {i}" for i in range(7)]
+    batched = model.score(msgs + msgs[:2])
+    single = np.array([RewardModel(model.net, batch_size=2).score([m])[0] for m in msgs])
+    np.testing.assert_array_equal(batched[:7], single)     # one input shape: the same float in any chunk
+    assert batched[7] == batched[0] and len(model.cache) <= 7
+
+
+# -- intrinsic reward ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [0.0, 1.0, 3.0])
+def test_intrinsic_reward_formula_by_hand(beta):
+    rhat = np.array([2.0, 2.0, 0.3, -1.0, 0.5])
+    counts = np.array([1, 2, 1, 1, 3])
+    expected = np.array([2.0, 2.0 / 2 ** beta, 0.0, 0.0, 0.0])   # eps = 0.5: 0.5 itself is not above it
+    np.testing.assert_allclose(intrinsic_reward(rhat, counts, eps=0.5, beta=beta), expected)
+
+
+class FixedRewards:
+    """A stand-in reward model: normalized rewards from a table, eps = 0.2."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def normalized(self, messages):
+        return np.array([self.table[m] for m in messages])
+
+    def threshold(self, quantile):
+        return 0.2
+
+
+def test_motif_reward_counts_messages_per_episode():
+    rm = FixedRewards({"You kill the newt!": 1.0, "It's a wall.": -0.5, "$ - 3 gold pieces.": 0.8})
+    motif = MotifReward(rm, n_envs=2, a_ext=0.5, a_int=0.1, threshold_quantile=0.5, beta=3.0)
+    kill, wall, gold = "You kill the newt!", "It's a wall.", "$ - 3 gold pieces."
+    steps = [  # (messages of env 0 and env 1, extrinsic rewards, dones)
+        ([kill, gold], [0.0, 2.0], [False, False]),
+        ([kill, ""], [1.0, 0.0], [False, False]),
+        ([wall, gold], [0.0, 0.0], [True, False]),
+        ([kill, gold], [0.0, 0.0], [False, False]),
+    ]
+    expected_int = [[1.0, 0.8], [1.0 / 8, 0.0], [0.0, 0.8 / 8], [1.0, 0.8 / 27]]  # env 0's episode restarts
+    for (msgs, r_ext, done), want in zip(steps, expected_int):
+        total, r_int = motif(msgs, np.array(r_ext), np.array(done))
+        np.testing.assert_allclose(r_int, want)
+        np.testing.assert_allclose(total, 0.5 * np.array(r_ext) + 0.1 * np.array(want))
+
+
+# -- PPO ----------------------------------------------------------------------------------------------
+def tiny_reward_model():
+    torch.manual_seed(1)
+    q = {f"{p:.2f}": float(v) for p, v in zip(np.arange(0.05, 0.96, 0.05), np.linspace(-1.5, 1.5, 19))}
+    return RewardModel(CaptionRewardNet.from_params(REWARD_MODEL), mean=0.0, std=0.1, quantiles=q)
+
+
+def run_ppo(resume, stop_after=None):
+    cfg = PPOConfig(total_steps=4 * 64, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1,
+                    checkpoint_every=2)
+    return train(cfg, POLICY, RewardConfig(a_ext=0.1, a_int=0.1), tiny_reward_model(), seed=7, resume=resume,
+                 max_episode_steps=40, stop_after=stop_after)
+
+
+def test_ppo_resumes_after_a_kill_exactly_like_an_uninterrupted_run(tmp_path):
+    agent, curve, episodes = run_ppo(tmp_path / "a.resume.pt")
+    assert len(curve) == 4 and curve[-1][0] == 256 and len(episodes) >= 4   # 40-step episodes
+    assert all(np.isfinite(row[7]) for row in curve)
+    with pytest.raises(Stopped):
+        run_ppo(tmp_path / "b.resume.pt", stop_after=3)     # killed after update 3; last checkpoint: 2
+    assert (tmp_path / "b.resume.pt").exists()
+    resumed, curve_b, episodes_b = run_ppo(tmp_path / "b.resume.pt")
+    np.testing.assert_equal(curve_b, curve)            # NaN (no episode ended) compares equal here
+    assert episodes_b == episodes
+    for name, tensor in agent.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_vector_env_restore_replays_the_current_episodes():
+    venv = NetHackVecEnv(2, lambda k: episode_seed("train", 2, k), max_episode_steps=30)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(45):
+        venv.step(rng.integers(N_ACTIONS, size=2))
+    state = venv.state()
+    other = NetHackVecEnv(2, lambda k: episode_seed("train", 2, k), max_episode_steps=30)
+    other.restore(state)
+    for a, b in zip(venv.obs, other.obs):
+        assert np.array_equal(a["chars"], b["chars"]) and np.array_equal(a["blstats"], b["blstats"])
+    actions = rng.integers(N_ACTIONS, size=2)
+    assert venv.step(actions)[1].tolist() == other.step(actions)[1].tolist()
+    venv.close()
+    other.close()
+
+
+def test_evaluate_plays_the_requested_held_out_episodes():
+    seeds = evaluation_seeds(0, 3)
+    rows = evaluate(PolicyActor(None, N_ACTIONS, 0), seeds, tiny_reward_model(),
+                    {"beta": 3.0, "threshold_quantile": 0.5}, parallel=2, max_episode_steps=30)
+    assert [r["episode"] for r in rows] == [0, 1, 2] and [r["seed"] for r in rows] == seeds
+    assert all(1 <= r["steps"] <= 30 and r["max_depth"] >= 1 and r["turns"] >= 1 for r in rows)
