@@ -17,6 +17,7 @@ include: "stages/demp/rules.smk"
 include: "stages/maxent_gfn/rules.smk"
 include: "stages/decoupled/rules.smk"
 include: "stages/motif/rules.smk"
+include: "stages/lambdazero/rules.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         rules.maxent_gfn_all.input,
         rules.decoupled_all.input,
         rules.motif_all.input,
+        rules.lambdazero_all.input,
