@@ -1,7 +1,6 @@
 """SAC under an action-rescaling wrapper: the wrapper, the unit-box entropy, the temperature targets and their
 effect at a small scale, resuming a killed run, evaluation on shared start states, the dm_control adapter."""
 import math
-import shutil
 
 import gymnasium as gym
 import numpy as np
@@ -9,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stages.common.artifacts import load_checkpoint, sidecar_path
+from stages.common.artifacts import load_checkpoint
 from stages.common.params import load_params
 from stages.common.stage import StageContext
 from stages.decoupled import sac_aggregate, sac_evaluate, sac_train
@@ -292,15 +291,9 @@ def test_every_paper_profile_task_trains_a_few_steps(name):
 
 
 def test_snakemake_plans_the_tiny_sac_sweep(tmp_path, env):
-    from tests.test_workflow import COPIED, sh
+    from tests.test_workflow import copy_project, sh
 
-    for name in COPIED:
-        src, dst = ROOT / name, tmp_path / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dst)
+    copy_project(tmp_path)
     out = sh(["snakemake", "-n", "--cores", "1", "decoupled_all", "--configfile", "params.yaml",
               "config/tiny.yaml"], tmp_path, dict(env, PYTHONPATH=str(tmp_path))).stdout
     jobs = dict(line.split()[:2] for line in out.splitlines()

@@ -2,7 +2,6 @@
 one-cycle schedule, asymmetric noise, the CIFAR-10 loaders on generated samples, and the tiny chain."""
 import math
 import pickle
-import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -256,15 +255,9 @@ def test_synthetic_task_is_deterministic_and_balanced_enough():
 # machine (longer when the cores are shared).
 
 def test_tiny_demp_chain_builds(tmp_path, env):
-    from tests.test_workflow import COPIED, ROOT, sh
+    from tests.test_workflow import copy_project, sh
 
-    for name in COPIED:
-        src, dst = ROOT / name, tmp_path / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, dst)
+    copy_project(tmp_path)
     env = dict(env, PYTHONPATH=str(tmp_path))
     sh(["snakemake", "--cores", "2", "--scheduler", "greedy", "demp_all",
         "--configfile", "params.yaml", "config/tiny.yaml"], tmp_path, env)

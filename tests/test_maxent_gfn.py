@@ -1,7 +1,6 @@
 """Max-ent GFlowNets on HyperGrid: exact path counts, exact terminal distributions and entropies, the
 backward-policy reward construction (V*(s0) = log Z), the balance losses at their solution, and
 convergence to a known answer (GSQL with max-ent P_B matches R/Z; naive soft Q-learning does not)."""
-import itertools
 import math
 
 import pytest

@@ -64,17 +64,21 @@ def set_param(proj, dotted, value):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, request):
-    proj = tmp_path_factory.mktemp("proj")
+def copy_project(proj: Path) -> Path:
+    """The files a build needs (no venv, data, results) copied into `proj`."""
     for name in COPIED:
         src, dst = ROOT / name, proj / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
+        elif src.exists():
             shutil.copy2(src, dst)
     return proj
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, request):
+    return copy_project(tmp_path_factory.mktemp("proj"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from scipy.stats import mannwhitneyu
 from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.lambdazero import chem_metrics
-from stages.lambdazero.dock_initial import random_molecules
 from stages.lambdazero.mdp import FragmentEnv, load_mdp, unique_molecules
 from stages.lambdazero.oracle import dock_logged, make_oracle
 from stages.lambdazero.proxy_model import ProxyConfig
