@@ -293,3 +293,12 @@ def test_evaluate_plays_the_requested_held_out_episodes():
                     {"beta": 3.0, "threshold_quantile": 0.5}, parallel=2, max_episode_steps=30)
     assert [r["episode"] for r in rows] == [0, 1, 2] and [r["seed"] for r in rows] == seeds
     assert all(1 <= r["steps"] <= 30 and r["max_depth"] >= 1 and r["turns"] >= 1 for r in rows)
+
+
+@pytest.mark.parametrize("intrinsic_mean, clear", [(33.3, False), (60.0, True)])
+def test_verdict_asks_two_standard_errors_before_calling_a_score_gain_clear(intrinsic_mean, clear):
+    from stages.motif.aggregate import verdict
+
+    agent = {"max_depth_mean": 1.1, "score_sem": 5.0}
+    v = verdict({"intrinsic": {**agent, "score_mean": intrinsic_mean}, "random": {**agent, "score_mean": 32.9}})
+    assert v["intrinsic_beats_random_score"] and v["intrinsic_beats_random_score_by_2se"] is clear

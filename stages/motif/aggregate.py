@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,14 @@ def verdict(per_agent: dict[str, dict]) -> dict:
     i, r = per_agent["intrinsic"], per_agent["random"]
     better_score = i["score_mean"] > r["score_mean"]
     better_depth = i["max_depth_mean"] > r["max_depth_mean"]
+    # a mean above random by less than two standard errors of the difference is not evidence
+    clear_score = i["score_mean"] - r["score_mean"] > 2 * math.hypot(i["score_sem"], r["score_sem"])
     return {"available": True, "intrinsic_beats_random_score": bool(better_score),
             "intrinsic_beats_random_depth": bool(better_depth),
             "intrinsic_beats_random": bool(better_score or better_depth),
-            "score": [i["score_mean"], r["score_mean"]], "max_depth": [i["max_depth_mean"], r["max_depth_mean"]]}
+            "intrinsic_beats_random_score_by_2se": bool(clear_score),
+            "score": [i["score_mean"], r["score_mean"]], "score_sem": [i["score_sem"], r["score_sem"]],
+            "max_depth": [i["max_depth_mean"], r["max_depth_mean"]]}
 
 
 def run(ctx: StageContext) -> None:
