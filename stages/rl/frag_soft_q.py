@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from rdkit import Chem
 from torch import nn
 
 from stages.envs.fragments import STOP, FragmentMDP, FragState
@@ -66,11 +67,11 @@ class CachedReward:
         self.mdp, self.score, self.cache = mdp, score, {}
 
     def __call__(self, states: Sequence[FragState]) -> np.ndarray:
-        smiles = [self.mdp.to_smiles(s) for s in states]
-        todo = sorted({s for s in smiles if s not in self.cache})
+        mols = [self.mdp.to_mol(s) for s in states]   # assembled once: SMILES and score both need it
+        smiles = [Chem.MolToSmiles(m) for m in mols]
+        by_smiles = dict(zip(smiles, mols))
+        todo = sorted(s for s in by_smiles if s not in self.cache)
         if todo:
-            mols = [self.mdp.to_mol(s) for s in states]
-            by_smiles = dict(zip(smiles, mols))
             self.cache.update(zip(todo, self.score([by_smiles[s] for s in todo]).tolist()))
         return np.array([self.cache[s] for s in smiles], dtype=np.float64)
 
