@@ -1,7 +1,9 @@
 # One DAG for both engines: these rules define the graph; `python -m stages dvc` writes dvc.yaml from it.
 # params.yaml is the configfile; profiles overlay it: snakemake --configfile params.yaml config/paper.yaml
+# Every method folder stages/<method>/ with a rules.smk is included, and its `<method>_all` target joins
+# `all`: adding a method needs no edit here (`python -m stages new <method>`).
 from stages.common.params import validate
-from stages.common.workflow import STAGE_SHELL, code_inputs, stage_params
+from stages.common.workflow import STAGE_SHELL, code_inputs, method_names, stage_env, stage_params
 
 
 configfile: "params.yaml"
@@ -12,20 +14,23 @@ validate(config, source="Snakemake config (params.yaml and overlays)")
 report: "report/workflow.rst"
 
 
-include: "stages/koopman/rules.smk"
-include: "stages/demp/rules.smk"
-include: "stages/maxent_gfn/rules.smk"
-include: "stages/decoupled/rules.smk"
-include: "stages/motif/rules.smk"
-include: "stages/lambdazero/rules.smk"
+# The template every stage rule extends (`use rule stage as <method>_<stage> with: ...`): the command
+# both engines run, and the conda env of the rule's method (envs/<method>.yaml).
+rule stage:
+    log:
+        "logs/stage.log",  # every rule that extends the template names its own
+    conda:
+        stage_env
+    shell:
+        STAGE_SHELL
+
+
+for _method in method_names():
+
+    include: f"stages/{_method}/rules.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.koopman_all.input,
-        rules.demp_all.input,
-        rules.maxent_gfn_all.input,
-        rules.decoupled_all.input,
-        rules.motif_all.input,
-        rules.lambdazero_all.input,
+        [getattr(rules, f"{m}_all").input for m in method_names()],

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=p["proxy"]["epochs"], help="fit epochs (params default)")
     ap.add_argument("--uncertainty", default=p["proxy"]["uncertainty"], choices=["ensemble", "mc_dropout"])
     ap.add_argument("--seh-weights", type=Path, default=None,
-                    help="sEH proxy weights (default: load_seh_proxy's shared/data/seh_proxy path)")
+                    help="sEH proxy weights (default: the committed data/external/seh_proxy file)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Command line: `python -m stages {run,list,show,summary,dvc,profile,validate}`."""
+"""Command line: `python -m stages {run,list,show,summary,dvc,profile,new,validate}`."""
 from __future__ import annotations
 
 import argparse
@@ -47,21 +47,34 @@ def cmd_show(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    """One table of every claim of every method (results/<method>/claims.parquet), then the tables."""
     import pandas as pd
 
     from stages.common.params import method_dirs
 
-    pd.set_option("display.width", 160)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_colwidth", 70)
+    claims, missing = [], []
     for method in method_dirs():
-        folder = ROOT / "results" / method.name
-        table, metrics = folder / "summary.parquet", folder / "metrics.json"
-        print(f"== {method.name}")
-        if not table.exists():
-            print(f"  not built yet: snakemake {method.name}_all")
-            continue
-        print(pd.read_parquet(table).to_string(index=False))
-        if metrics.exists():
-            print(f"  (all metrics: {metrics.relative_to(ROOT)}, or `dvc metrics show`)")
+        path = ROOT / "results" / method.name / "claims.parquet"
+        if path.exists():
+            claims.append(pd.read_parquet(path))
+        else:
+            missing.append(method.name)
+    if claims:
+        table = pd.concat(claims, ignore_index=True)
+        table["interval"] = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(table.ci_low, table.ci_high)]
+        table["holds"] = table.holds.map({True: "yes", False: "NO"})
+        cols = ["method", "claim", "effect", "interval", "n", "unit", "test", "p_value", "holds"]
+        print("== claims (effect, 95% interval, n units, one-sided test)")
+        print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    for name in missing:
+        print(f"== {name}: no claims yet (build with `snakemake {name}_all`)")
+    if args.tables:
+        for method in method_dirs():
+            path = ROOT / "results" / method.name / "summary.parquet"
+            if path.exists():
+                print(f"== {method.name} summary\n{pd.read_parquet(path).to_string(index=False)}")
     return 0
 
 
@@ -113,6 +126,20 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    from stages.common.scaffold import ScaffoldError, new_method
+
+    try:
+        written = new_method(args.method)
+    except ScaffoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("wrote\n  " + "\n  ".join(str(p.relative_to(ROOT)) for p in written))
+    print(f"next: `snakemake --cores 2 {args.method}_all --configfile params.yaml config/tiny.yaml`, "
+          f"`pytest tests/test_{args.method}.py`, then `python -m stages dvc` (docs/adding-a-method.md)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from stages.common.params import load_params
 
@@ -135,13 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("path")
     show.add_argument("--rows", type=int, default=5)
     show.set_defaults(fn=cmd_show)
-    sub.add_parser("summary", help="latest results of every method").set_defaults(fn=cmd_summary)
+    summ = sub.add_parser("summary", help="every claim of every method, as one table")
+    summ.add_argument("--tables", action="store_true", help="also print each method's summary table")
+    summ.set_defaults(fn=cmd_summary)
     dvc = sub.add_parser("dvc", help="write dvc.yaml from the Snakefile")
     dvc.add_argument("--check", action="store_true", help="exit 1 if the committed dvc.yaml is stale")
     dvc.set_defaults(fn=cmd_dvc)
     prof = sub.add_parser("profile", help="apply config/NAME.yaml onto params.yaml (for DVC)")
     prof.add_argument("name")
     prof.set_defaults(fn=cmd_profile)
+    new = sub.add_parser("new", help="write a working skeleton method (rules, schema, stages, env, test)")
+    new.add_argument("method", help="lower_snake_case method name")
+    new.set_defaults(fn=cmd_new)
     val = sub.add_parser("validate", help="validate params files (merged in order)")
     val.add_argument("files", nargs="*", default=["params.yaml"])
     val.set_defaults(fn=cmd_validate)

@@ -10,7 +10,7 @@ from stages.chem.blocks import Block, brics_blocks, nci_smiles, seh_frag_blocks
 from stages.envs.fragments import STOP, FragmentMDP
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT.parent / "shared" / "data" / "seh_proxy" / "bengio2021flow_proxy.pkl.gz"
+WEIGHTS = ROOT / "data" / "external" / "seh_proxy" / "bengio2021flow_proxy.pkl.gz"
 SEH = seh_frag_blocks()
 IDX = {b.smiles: i for i, b in enumerate(SEH)}
 
@@ -197,7 +197,6 @@ def test_empty_vocabulary_or_bad_max_blocks():
         FragmentMDP(SEH, max_blocks=0)
 
 
-@pytest.mark.skipif(not WEIGHTS.exists(), reason=f"sEH proxy weights absent: {WEIGHTS}")
 def test_assembled_molecules_score_finite(mdp, rollouts):
     from stages.chem.seh_proxy import load_seh_proxy, seh_task_reward
     raw = load_seh_proxy(WEIGHTS).raw_scores([mdp.to_mol(s) for s in rollouts[:128]])

@@ -1,7 +1,7 @@
 """sEH proxy re-implementation against the 37 reference scores, plus loader safety and featurization.
 
-The weights are not committed: tests needing them read shared/data/seh_proxy beside the project and
-skip when the file is absent."""
+The weights are committed (data/external/seh_proxy); the 37 reference scores stay in
+shared/data/seh_proxy beside the project, and the reference tests skip when that table is absent."""
 import csv
 import gzip
 import pickle
@@ -17,17 +17,13 @@ from stages.chem.seh_proxy import (SEH_PROXY_FILENAME, SEH_PROXY_SHA256, ProxyWe
                                    seh_task_reward)
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "seh_proxy"
-WEIGHTS = DATA / SEH_PROXY_FILENAME
-REFERENCE = DATA / "reference_scores.tsv"
+WEIGHTS = ROOT / "data" / "external" / "seh_proxy" / SEH_PROXY_FILENAME
+REFERENCE = ROOT.parent / "shared" / "data" / "seh_proxy" / "reference_scores.tsv"
 ROWS = list(csv.DictReader(REFERENCE.open(), delimiter="\t")) if REFERENCE.exists() else []
-needs_weights = pytest.mark.skipif(not WEIGHTS.exists(), reason=f"sEH proxy weights absent: {WEIGHTS}")
 
 
 @pytest.fixture(scope="module")
 def proxy():
-    if not WEIGHTS.exists():
-        pytest.skip(f"sEH proxy weights absent: {WEIGHTS}")
     return load_seh_proxy(WEIGHTS)
 
 
@@ -149,7 +145,6 @@ def test_download_with_wrong_sha_leaves_nothing(tmp_path):
     assert list(cache.iterdir()) == []
 
 
-@needs_weights
 def test_download_into_cache_dir(tmp_path):
     proxy = load_seh_proxy(cache_dir=tmp_path, url=WEIGHTS.as_uri())  # file:// stands in for https
     assert (tmp_path / SEH_PROXY_FILENAME).exists()

@@ -5,7 +5,8 @@ RDKit molecule; its raw output, divided by 8 and clipped, is the `seh_frag` rewa
 re-implementation of the recursionpharma/gflownet port (`src/gflownet/models/bengio2021flow.py`,
 MIT, Copyright (c) 2020 Recursion Pharmaceuticals) without torch_geometric: the graph ops are index
 ops over a batch of molecules. The specification and 37 reference scores are in
-`shared/data/seh_proxy/README.md`; the weights are not committed (see `load_seh_proxy`).
+`shared/data/seh_proxy/README.md`; the MIT-licensed weights are committed under
+`data/external/seh_proxy/` with their licence and provenance.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ SEH_PROXY_SHA256 = "f76ab480b62e23dda04fd45fefe0e7ae2374b3f8c3f18fb7e00651cad05b
 SEH_PROXY_FILENAME = "bengio2021flow_proxy.pkl.gz"
 # The file the recursionpharma loader downloads (byte-identical to the one we check against).
 SEH_PROXY_URL = "https://github.com/GFNOrg/gflownet/raw/master/mols/data/pretrained_proxy/best_params.pkl.gz"
-# Where the project keeps it: shared/data/seh_proxy beside the project root (not committed).
-DEFAULT_PROXY_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "seh_proxy"
+# Where the project keeps it: committed with its MIT licence (data/external/seh_proxy/README.md).
+DEFAULT_PROXY_DIR = Path(__file__).resolve().parents[2] / "data" / "external" / "seh_proxy"
 
 N_ATOM_FEATURES = 71
 N_BOND_FEATURES = 4
@@ -278,7 +279,7 @@ def read_proxy_arrays(path: str | Path, sha256: str = SEH_PROXY_SHA256) -> list[
 
 def load_seh_proxy(path: str | Path | None = None, *, cache_dir: str | Path | None = None,
                    url: str | None = None) -> SEHProxy:
-    """Load the proxy from `path` (default: `cache_dir`, else shared/data/seh_proxy, file
+    """Load the proxy from `path` (default: `cache_dir`, else the committed data/external/seh_proxy, file
     `bengio2021flow_proxy.pkl.gz`). If the file is absent and `url` is given, download it there first
     (atomically, sha256-checked); without `url` nothing is fetched."""
     if path is None:

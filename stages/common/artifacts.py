@@ -172,3 +172,33 @@ def write_json(path: str | os.PathLike, data: Mapping) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return Path(path)
+
+
+def _curve_cell(value) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (int,)) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+        return str(int(value))
+    if isinstance(value, str):
+        if any(c in value for c in ',"\n'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+    return format(float(value), ".7g")  # float32 precision; 'nan' and 'inf' stay readable
+
+
+def write_curve(path: str | os.PathLike, rows, columns=None) -> Path:
+    """A curve CSV, atomically: header of `columns` (default: the first row's keys), integers as
+    integers, floats with 7 significant digits, every row holding every column."""
+    rows = list(rows)
+    columns = list(columns) if columns is not None else (list(rows[0]) if rows else [])
+    if not columns:
+        raise ArtifactError(f"{path}: a curve needs at least one column")
+    lines = [",".join(columns)]
+    for i, row in enumerate(rows):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ArtifactError(f"{path}: curve row {i} lacks column(s) {missing}")
+        lines.append(",".join(_curve_cell(row[c]) for c in columns))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return Path(path)

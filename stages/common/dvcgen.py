@@ -52,7 +52,7 @@ def dvc_stage(job) -> tuple[str, dict]:
     keys = params.param_keys
     seed = int(job.wildcards[params.seed_wildcard]) if params.seed_wildcard else None
     cmd = "python -m stages run " + stage_command(params.stage, keys, job.input, job.output,
-                                                  job.threads, seed)
+                                                  job.threads, seed, wildcards=dict(job.wildcards.items()))
     name = "_".join([job.rule.name, *job.wildcards])
     stage: dict = {"cmd": cmd, "deps": sorted(set(map(str, job.input))),
                    "params": sorted(keys.values())}

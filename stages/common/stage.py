@@ -68,6 +68,8 @@ class StageContext:
     outputs: dict[str, Path]
     threads: int = 1
     seed_value: int | None = None
+    wildcards: dict[str, str] = field(default_factory=dict)
+    """The job's wildcards ({system}, {seed}, ...) as strings: run identity without parsing paths."""
     _input_hashes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,7 +87,7 @@ class StageContext:
                 for name, paths in self.inputs.items()}
         dotted = {self.param_keys[a]: v for a, v in self.params.items()}
         return {"stage": self.stage, "params": dotted, "params_hash": params_hash(dotted),
-                "seed": self.seed, "code_version": git_version(), "code_sha256": code_sha256(self.stage),
+                "seed": self.seed, "wildcards": dict(self.wildcards), "code_version": git_version(), "code_sha256": code_sha256(self.stage),
                 "inputs": self._input_hashes, "packages": package_versions()}
 
     def write_table(self, name: str, table: pa.Table, schema: pa.Schema) -> Path:
@@ -101,6 +103,20 @@ class StageContext:
 
     def write_json(self, name: str, data: Mapping) -> Path:
         return artifacts.write_json(self.outputs[name], data)
+
+    def write_curve(self, name: str, rows: list[Mapping[str, Any]],
+                    columns: Iterable[str] | None = None) -> Path:
+        """A training curve as CSV output `name` (DVC plots it over `step`): one row per mapping, the
+        columns named by `columns` (default: the first row's keys), numbers in one format."""
+        return artifacts.write_curve(self.outputs[name], rows, columns)
+
+    def write_claims(self, name: str, claims: list[Mapping[str, Any]]) -> Path:
+        """Rows of `stages.common.stats.claim(...)` as the Parquet output `name`; `python -m stages
+        summary` prints every method's claims as one table."""
+        from stages.common.stats import claims_table
+
+        table = claims_table(claims)
+        return self.write_table(name, table, table.schema)
 
     def input_list(self, name: str) -> list[Path]:
         """Input `name` as a list, also when the rule's expand() produced a single file."""
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", dest="outputs", nargs="*", default=[], help="name=path")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=None, help="seed from a {seed} wildcard")
+    ap.add_argument("--wildcards", nargs="*", default=[], help="name=value of each job wildcard")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs = {n: Path(v) for n, v in _pairs(args.outputs, "--out").items()}
     ctx = StageContext(stage=args.stage, params={a: selected[d] for a, d in keys.items()},
                        param_keys=keys, inputs=inputs, outputs=outputs, threads=args.threads,
-                       seed_value=args.seed)
+                       seed_value=args.seed, wildcards=_pairs(args.wildcards, "--wildcards"))
 
     module = importlib.import_module(f"stages.{args.stage}")
     seed_everything(ctx.seed, args.threads)

@@ -10,10 +10,20 @@ import json
 import shlex
 from typing import Any, Mapping
 
-from stages.common.code import code_files
-from stages.common.params import select
+from stages.common.code import ROOT, code_files
+from stages.common.params import method_dirs, select
 
 STAGE_SHELL = "python -m stages run {params.args} > {log} 2>&1"
+
+
+def method_names() -> list[str]:
+    """Methods with a rules file (stages/<method>/rules.smk beside its params schema), sorted."""
+    return [d.name for d in method_dirs() if (d / "rules.smk").exists()]
+
+
+def stage_env(wildcards, params) -> str:
+    """The conda env of a stage rule: envs/<method>.yaml, the method being the stage's package."""
+    return str(ROOT / "envs" / f"{params.stage.split('.')[0]}.yaml")
 
 
 def code_inputs(stage: str) -> list[str]:
@@ -33,8 +43,8 @@ def _io_args(flag: str, named: Mapping[str, Any]) -> list[str]:
 
 def stage_command(stage: str, keys: Mapping[str, str], inputs: Mapping[str, Any],
                   outputs: Mapping[str, Any], threads: int = 1, seed: int | None = None,
-                  params_json: str | None = None, params_files: tuple[str, ...] = ("params.yaml",)
-                  ) -> str:
+                  params_json: str | None = None, params_files: tuple[str, ...] = ("params.yaml",),
+                  wildcards: Mapping[str, str] | None = None) -> str:
     """Arguments of `python -m stages run`; with `params_json` the values travel in the command."""
     args = [stage]
     if keys:
@@ -43,6 +53,8 @@ def stage_command(stage: str, keys: Mapping[str, str], inputs: Mapping[str, Any]
     args += _io_args("--in", inputs) + _io_args("--out", outputs) + ["--threads", str(threads)]
     if seed is not None:
         args += ["--seed", str(seed)]
+    if wildcards:
+        args += ["--wildcards", *(f"{k}={v}" for k, v in sorted(wildcards.items()))]
     return shlex.join(args)
 
 
@@ -58,7 +70,8 @@ def stage_params(config: Mapping, stage: str, seed: str | None = None, **keys: s
 
     def args(wildcards, input, output, threads) -> str:
         return stage_command(stage, resolved(wildcards), input, output, threads,
-                             int(wildcards[seed]) if seed else None, params_json=values(wildcards))
+                             int(wildcards[seed]) if seed else None, params_json=values(wildcards),
+                             wildcards=dict(wildcards.items()))
 
     # `values` depends on wildcards only, so Snakemake records it and re-runs the job when it changes;
     # `args` (derived from input/output paths) is not compared.

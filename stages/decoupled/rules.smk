@@ -12,7 +12,7 @@ DECOUPLED_SAC_WILDCARDS = {"env": "|".join(sorted(DECOUPLED_SAC["envs"])), "scal
                            "temperature": "|".join(sorted(DECOUPLED_SAC["temperatures"])), "seed": r"\d+"}
 
 
-rule decoupled_grid_toy:
+use rule stage as decoupled_grid_toy with:
     input:
         code=code_inputs("decoupled.grid_toy"),
     output:
@@ -23,13 +23,9 @@ rule decoupled_grid_toy:
         "logs/decoupled/grid_toy.log",
     benchmark:
         "benchmarks/decoupled/grid_toy.tsv"
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule decoupled_aggregate:
+use rule stage as decoupled_aggregate with:
     input:
         code=code_inputs("decoupled.aggregate"),
         lengths=rules.decoupled_grid_toy.output.lengths,
@@ -44,13 +40,9 @@ rule decoupled_aggregate:
         "logs/decoupled/aggregate.log",
     benchmark:
         "benchmarks/decoupled/aggregate.tsv"
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule decoupled_sac_train:
+use rule stage as decoupled_sac_train with:
     input:
         code=code_inputs("decoupled.sac_train"),
     output:
@@ -70,13 +62,9 @@ rule decoupled_sac_train:
     resources:
         runtime=30,
         mem_mb=2000,
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule decoupled_sac_evaluate:
+use rule stage as decoupled_sac_evaluate with:
     input:
         code=code_inputs("decoupled.sac_evaluate"),
         model=rules.decoupled_sac_train.output.model,
@@ -92,13 +80,9 @@ rule decoupled_sac_evaluate:
         f"logs/{DECOUPLED_SAC_LOG}/evaluate.log",
     benchmark:
         f"benchmarks/{DECOUPLED_SAC_LOG}/evaluate.tsv"
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule decoupled_sac_aggregate:
+use rule stage as decoupled_sac_aggregate with:
     input:
         code=code_inputs("decoupled.sac_aggregate"),
         returns=expand(rules.decoupled_sac_evaluate.output.returns, env=DECOUPLED_SAC_ENVS, scale=DECOUPLED_SAC_SCALES,
@@ -117,10 +101,6 @@ rule decoupled_sac_aggregate:
         "logs/decoupled/sac/aggregate.log",
     benchmark:
         "benchmarks/decoupled/sac/aggregate.tsv"
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
 # Soft Q-learning on fragment molecules, fixed vs decoupled temperature (shared task: stages/rl/frag_task.py).
@@ -128,7 +108,7 @@ DECOUPLED_MOL = config["decoupled"]["molecules"]
 DECOUPLED_MOL_RUN = "results/decoupled/molecules/{mol_run}/seed{seed}"
 
 
-rule decoupled_molecules:
+use rule stage as decoupled_molecules with:
     input:
         code=code_inputs("decoupled.molecules"),
     output:
@@ -151,13 +131,9 @@ rule decoupled_molecules:
     resources:
         runtime=120,
         mem_mb=3000,
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule decoupled_molecules_aggregate:
+use rule stage as decoupled_molecules_aggregate with:
     input:
         code=code_inputs("decoupled.molecules_aggregate"),
         metrics=expand(rules.decoupled_molecules.output.metrics, mol_run=sorted(DECOUPLED_MOL["runs"]),
@@ -173,10 +149,6 @@ rule decoupled_molecules_aggregate:
         "logs/decoupled/molecules/aggregate.log",
     benchmark:
         "benchmarks/decoupled/molecules/aggregate.tsv"
-    conda:
-        "../../envs/decoupled.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule decoupled_all:

@@ -26,7 +26,7 @@ DEMP_JOBS = [
 ]
 
 
-rule demp_data:
+use rule stage as demp_data with:
     input:
         code=code_inputs("demp.data"),
     output:
@@ -39,13 +39,9 @@ rule demp_data:
         "logs/demp/{dataset}/data.log",
     benchmark:
         "benchmarks/demp/{dataset}/data.tsv"
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_train_dense:
+use rule stage as demp_train_dense with:
     input:
         code=code_inputs("demp.train"),
         dataset=rules.demp_data.output.dataset,
@@ -65,13 +61,9 @@ rule demp_train_dense:
     resources:
         runtime=60,
         mem_mb=2000,
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_train_demp:
+use rule stage as demp_train_demp with:
     input:
         code=code_inputs("demp.train"),
         dataset=rules.demp_data.output.dataset,
@@ -92,13 +84,9 @@ rule demp_train_demp:
     resources:
         runtime=60,
         mem_mb=2000,
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_train_magnitude:
+use rule stage as demp_train_magnitude with:
     input:
         code=code_inputs("demp.magnitude"),
         dataset=rules.demp_data.output.dataset,
@@ -121,13 +109,9 @@ rule demp_train_magnitude:
     resources:
         runtime=30,
         mem_mb=2000,
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_prune:
+use rule stage as demp_prune with:
     input:
         code=code_inputs("demp.prune"),
         dataset=rules.demp_data.output.dataset,
@@ -145,13 +129,9 @@ rule demp_prune:
         "logs/demp/{dataset}/{model}/{variant}/seed{seed}/prune.log",
     benchmark:
         "benchmarks/demp/{dataset}/{model}/{variant}/seed{seed}/prune.tsv"
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_evaluate:
+use rule stage as demp_evaluate with:
     input:
         code=code_inputs("demp.evaluate"),
         dataset=rules.demp_data.output.dataset,
@@ -170,13 +150,9 @@ rule demp_evaluate:
         "logs/demp/{dataset}/{model}/{variant}/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/demp/{dataset}/{model}/{variant}/seed{seed}/evaluate.tsv"
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule demp_aggregate:
+use rule stage as demp_aggregate with:
     input:
         code=code_inputs("demp.aggregate"),
         tables=[f"{DEMP_RUN}/eval.parquet".format(**job) for job in DEMP_JOBS],
@@ -192,10 +168,6 @@ rule demp_aggregate:
         "logs/demp/aggregate.log",
     benchmark:
         "benchmarks/demp/aggregate.tsv"
-    conda:
-        "../../envs/demp.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule demp_all:

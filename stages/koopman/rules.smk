@@ -9,7 +9,7 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-rule koopman_simulate:
+use rule stage as koopman_simulate with:
     input:
         code=code_inputs("koopman.simulate"),
     output:
@@ -20,13 +20,9 @@ rule koopman_simulate:
         "logs/koopman/{system}/simulate.log",
     benchmark:
         "benchmarks/koopman/{system}/simulate.tsv"
-    conda:
-        "../../envs/koopman.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule koopman_train:
+use rule stage as koopman_train with:
     input:
         code=code_inputs("koopman.train"),
         trajectories=rules.koopman_simulate.output.trajectories,
@@ -42,15 +38,12 @@ rule koopman_train:
     benchmark:
         f"benchmarks/koopman/{{system}}/seed{{seed}}/train.tsv"
     resources:
-        runtime=60,
-        mem_mb=2000,
-    conda:
-        "../../envs/koopman.yaml"
-    shell:
-        STAGE_SHELL
+        runtime=240,
+        mem_mb=16000,
+        gpu=1,
 
 
-rule koopman_evaluate:
+use rule stage as koopman_evaluate with:
     input:
         code=code_inputs("koopman.evaluate"),
         trajectories=rules.koopman_simulate.output.trajectories,
@@ -65,13 +58,12 @@ rule koopman_evaluate:
         f"logs/koopman/{{system}}/seed{{seed}}/evaluate.log",
     benchmark:
         f"benchmarks/koopman/{{system}}/seed{{seed}}/evaluate.tsv"
-    conda:
-        "../../envs/koopman.yaml"
-    shell:
-        STAGE_SHELL
+    resources:
+        runtime=60,
+        mem_mb=8000,
 
 
-rule koopman_aggregate:
+use rule stage as koopman_aggregate with:
     input:
         code=code_inputs("koopman.aggregate"),
         errors=expand(rules.koopman_evaluate.output.errors, system=KOOPMAN_SYSTEMS, seed=KOOPMAN_SEEDS),
@@ -87,10 +79,6 @@ rule koopman_aggregate:
         "logs/koopman/aggregate.log",
     benchmark:
         "benchmarks/koopman/aggregate.tsv"
-    conda:
-        "../../envs/koopman.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule koopman_all:

@@ -8,7 +8,7 @@ LZ_WILDCARDS = {"seed": r"\d+"}
 LZ_CATEGORY = "LambdaZero"
 
 
-rule lambdazero_blocks:
+use rule stage as lambdazero_blocks with:
     input:
         code=code_inputs("lambdazero.blocks"),
     output:
@@ -19,13 +19,9 @@ rule lambdazero_blocks:
         "logs/lambdazero/blocks.log",
     benchmark:
         "benchmarks/lambdazero/blocks.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_receptor:
+use rule stage as lambdazero_receptor with:
     input:
         code=code_inputs("lambdazero.receptor"),
     output:
@@ -37,13 +33,9 @@ rule lambdazero_receptor:
         "logs/lambdazero/receptor.log",
     benchmark:
         "benchmarks/lambdazero/receptor.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_dock:
+use rule stage as lambdazero_dock with:
     input:
         code=code_inputs("lambdazero.dock_initial"),
         blocks=rules.lambdazero_blocks.output.blocks,
@@ -61,13 +53,9 @@ rule lambdazero_dock:
         "logs/lambdazero/seed{seed}/dock.log",
     benchmark:
         "benchmarks/lambdazero/seed{seed}/dock.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_proxy:
+use rule stage as lambdazero_proxy with:
     input:
         code=code_inputs("lambdazero.proxy"),
         docked=rules.lambdazero_dock.output.docked,
@@ -83,13 +71,9 @@ rule lambdazero_proxy:
         "logs/lambdazero/seed{seed}/proxy.log",
     benchmark:
         "benchmarks/lambdazero/seed{seed}/proxy.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_train_rl:
+use rule stage as lambdazero_train_rl with:
     input:
         code=code_inputs("lambdazero.train_rl"),
         blocks=rules.lambdazero_blocks.output.blocks,
@@ -117,13 +101,9 @@ rule lambdazero_train_rl:
         "logs/lambdazero/seed{seed}/train_rl.log",
     benchmark:
         "benchmarks/lambdazero/seed{seed}/train_rl.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_evaluate:
+use rule stage as lambdazero_evaluate with:
     input:
         code=code_inputs("lambdazero.evaluate"),
         blocks=rules.lambdazero_blocks.output.blocks,
@@ -150,13 +130,9 @@ rule lambdazero_evaluate:
         "logs/lambdazero/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/lambdazero/seed{seed}/evaluate.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_export:
+use rule stage as lambdazero_export with:
     input:
         code=code_inputs("lambdazero.export"),
         docked=rules.lambdazero_train_rl.output.docked,
@@ -175,13 +151,9 @@ rule lambdazero_export:
         "logs/lambdazero/seed{seed}/export.log",
     benchmark:
         "benchmarks/lambdazero/seed{seed}/export.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule lambdazero_aggregate:
+use rule stage as lambdazero_aggregate with:
     input:
         code=code_inputs("lambdazero.aggregate"),
         tables=expand(rules.lambdazero_evaluate.output.table, seed=LZ_SEEDS),
@@ -198,10 +170,6 @@ rule lambdazero_aggregate:
         "logs/lambdazero/aggregate.log",
     benchmark:
         "benchmarks/lambdazero/aggregate.tsv"
-    conda:
-        "../../envs/lambdazero.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule lambdazero_all:

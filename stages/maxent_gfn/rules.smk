@@ -7,7 +7,7 @@ MAXENT_WILDCARDS = {"grid": "|".join(MAXENT_GRIDS), "objective": "|".join(MAXENT
                     "seed": r"\d+"}
 
 
-rule maxent_gfn_train:
+use rule stage as maxent_gfn_train with:
     input:
         code=code_inputs("maxent_gfn.train"),
     output:
@@ -27,13 +27,9 @@ rule maxent_gfn_train:
     resources:
         runtime=60,
         mem_mb=2000,
-    conda:
-        "../../envs/maxent_gfn.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule maxent_gfn_evaluate:
+use rule stage as maxent_gfn_evaluate with:
     input:
         code=code_inputs("maxent_gfn.evaluate"),
         model=rules.maxent_gfn_train.output.model,
@@ -50,13 +46,9 @@ rule maxent_gfn_evaluate:
         "logs/maxent_gfn/{grid}/{objective}/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/maxent_gfn/{grid}/{objective}/seed{seed}/evaluate.tsv"
-    conda:
-        "../../envs/maxent_gfn.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule maxent_gfn_aggregate:
+use rule stage as maxent_gfn_aggregate with:
     input:
         code=code_inputs("maxent_gfn.aggregate"),
         metrics=expand(rules.maxent_gfn_evaluate.output.metrics, grid=MAXENT_GRIDS,
@@ -74,10 +66,6 @@ rule maxent_gfn_aggregate:
         "logs/maxent_gfn/aggregate.log",
     benchmark:
         "benchmarks/maxent_gfn/aggregate.tsv"
-    conda:
-        "../../envs/maxent_gfn.yaml"
-    shell:
-        STAGE_SHELL
 
 
 # The same soft-Q objectives on fragment molecules (seh_frag blocks, sEH proxy): train + sampled evaluation.
@@ -86,7 +74,7 @@ MAXENT_MOL_OBJECTIVES = sorted(MAXENT_MOL["objectives"])
 MAXENT_MOL_RUN = "results/maxent_gfn/molecules/{mol_objective}/seed{seed}"
 
 
-rule maxent_gfn_molecules:
+use rule stage as maxent_gfn_molecules with:
     input:
         code=code_inputs("maxent_gfn.molecules"),
     output:
@@ -109,13 +97,9 @@ rule maxent_gfn_molecules:
     resources:
         runtime=120,
         mem_mb=3000,
-    conda:
-        "../../envs/maxent_gfn.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule maxent_gfn_molecules_aggregate:
+use rule stage as maxent_gfn_molecules_aggregate with:
     input:
         code=code_inputs("maxent_gfn.molecules_aggregate"),
         metrics=expand(rules.maxent_gfn_molecules.output.metrics, mol_objective=MAXENT_MOL_OBJECTIVES,
@@ -131,10 +115,6 @@ rule maxent_gfn_molecules_aggregate:
         "logs/maxent_gfn/molecules/aggregate.log",
     benchmark:
         "benchmarks/maxent_gfn/molecules/aggregate.tsv"
-    conda:
-        "../../envs/maxent_gfn.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule maxent_gfn_all:

@@ -9,7 +9,7 @@ MOTIF_EVAL = "results/motif/eval/{agent}/seed{seed}"
 MOTIF_WILDCARDS = {"agent": "|".join(MOTIF_AGENTS), "seed": r"\d+"}
 
 
-rule motif_collect:
+use rule stage as motif_collect with:
     input:
         # a trained policy (collect.policy = its path) is an input; 'random' needs none
         unpack(lambda wc: {"code": code_inputs("motif.collect"),
@@ -24,13 +24,9 @@ rule motif_collect:
         "logs/motif/collect.log",
     benchmark:
         "benchmarks/motif/collect.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_pairs:
+use rule stage as motif_pairs with:
     input:
         code=code_inputs("motif.pairs"),
         steps=rules.motif_collect.output.steps,
@@ -42,13 +38,9 @@ rule motif_pairs:
         "logs/motif/pairs.log",
     benchmark:
         "benchmarks/motif/pairs.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_annotate:
+use rule stage as motif_annotate with:
     input:
         code=code_inputs("motif.annotate"),
         pairs=rules.motif_pairs.output.pairs,
@@ -62,13 +54,9 @@ rule motif_annotate:
         "logs/motif/annotate.log",
     benchmark:
         "benchmarks/motif/annotate.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_reward:
+use rule stage as motif_reward with:
     input:
         code=code_inputs("motif.reward"),
         steps=rules.motif_collect.output.steps,
@@ -87,13 +75,9 @@ rule motif_reward:
         "logs/motif/reward.log",
     benchmark:
         "benchmarks/motif/reward.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_train_rl:
+use rule stage as motif_train_rl with:
     input:
         # extrinsic-only agents (a_int = 0) need no reward model, so they do not wait for the LLM
         unpack(lambda wc: {"code": code_inputs("motif.train_rl"),
@@ -118,13 +102,9 @@ rule motif_train_rl:
     resources:
         runtime=60,
         mem_mb=3000,
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_evaluate:
+use rule stage as motif_evaluate with:
     input:
         code=code_inputs("motif.evaluate"),
         policy=rules.motif_train_rl.output.policy,
@@ -141,13 +121,9 @@ rule motif_evaluate:
         "logs/motif/eval/{agent}/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/motif/eval/{agent}/seed{seed}/evaluate.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_evaluate_random:
+use rule stage as motif_evaluate_random with:
     input:
         code=code_inputs("motif.evaluate"),
         reward_model=rules.motif_reward.output.model,
@@ -163,13 +139,9 @@ rule motif_evaluate_random:
         "logs/motif/eval/random/seed{seed}/evaluate.log",
     benchmark:
         "benchmarks/motif/eval/random/seed{seed}/evaluate.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
-rule motif_aggregate:
+use rule stage as motif_aggregate with:
     input:
         code=code_inputs("motif.aggregate"),
         episodes=expand(f"{MOTIF_EVAL}/episodes.parquet", agent=["random"] + MOTIF_AGENTS,
@@ -187,10 +159,6 @@ rule motif_aggregate:
         "logs/motif/aggregate.log",
     benchmark:
         "benchmarks/motif/aggregate.tsv"
-    conda:
-        "../../envs/motif.yaml"
-    shell:
-        STAGE_SHELL
 
 
 rule motif_all:
