@@ -7,7 +7,7 @@
    captions rated per second and pairs per second;
 4. the same annotation again: every answer comes from the cache (seconds, model calls = 0).
 
-The llm block and goal come from params.yaml (`motif:`), overridable on the command line. Prints JSON.
+The llm and judge blocks come from params.yaml (`motif:`), overridable on the command line. Prints JSON.
 Usage: OMP_NUM_THREADS=1 .venv/bin/python bench/annotate_speed.py [--pairs 200] [--captions 48]
        [--batch-size 8] [--threads 1] [--fresh-conversion | --converted-dir DIR] [--params params.yaml ...]
 """
@@ -75,7 +75,7 @@ def main() -> None:
     gguf = resolve_gguf(llm["model"])
     out: dict = {"threads": args.threads, "batch_size": llm["batch_size"], "pairs": args.pairs,
                  "distinct_captions": args.captions,
-                 "few_shot_examples": len(llm["judge"]["pointwise_examples"])}
+                 "few_shot_examples": len(params["judge"]["pointwise_examples"])}
     with tempfile.TemporaryDirectory() as tmp:
         if args.fresh_conversion:
             llm["local"]["converted_dir"] = tmp
@@ -92,8 +92,8 @@ def main() -> None:
         table = pa.table({"pair_id": pa.array(range(len(pairs)), pa.int64()), "message_a": [a for a, _ in pairs],
                           "message_b": [b for _, b in pairs], "tie": [False] * len(pairs)})
         opts = {"cache_dir": str(Path(tmp) / "cache"), "flush_every": 64}
-        _, first = annotate(table, llm, params["goal"], opts, backend=backend)
-        _, again = annotate(table, llm, params["goal"], opts, backend=backend)
+        _, first = annotate(table, llm, params["judge"], opts, backend=backend)
+        _, again = annotate(table, llm, params["judge"], opts, backend=backend)
     out.update({
         "judge_mode": first["judge_mode"], "labels": first["labels"],
         "annotate_s": first["seconds"], "captions_rated": first["captions_rated"],

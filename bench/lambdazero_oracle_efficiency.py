@@ -98,7 +98,7 @@ def main() -> None:
     if not docked_path.exists():
         sys.exit(f"error: {docked_path} is missing: the run has not been built "
                  "(rule lambdazero_train_rl writes it; --run names another run folder)")
-    from stages.lambdazero.tables import DOCKED_SCHEMA   # torch + RDKit: imported once the input exists
+    from stages.lambdazero.tables import DOCKED_SCHEMA  # torch + RDKit: imported once the input exists
 
     docked = read_table(docked_path, DOCKED_SCHEMA).to_pylist()
     initial_path = args.run / "initial_docked.parquet"

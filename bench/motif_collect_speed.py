@@ -1,6 +1,7 @@
 """Motif collector overhead, measured in one process on one thread: steps/s of a bare loop of
 `env.step` (random actions, seeded resets, nothing stored) vs `stages.motif.collect.collect` (the same
-actions and episode seeds, hence the same trajectories, plus storing every row and decoding the captions into a Parquet-ready table).
+actions and episode seeds, hence the same trajectories, plus storing every row and decoding the captions
+into a Parquet-ready table).
 The issue asks for collector >= 0.9x raw. Times are CPU seconds of this process (`time.process_time`): on a
 shared machine wall time mostly measures the neighbours. The two loops alternate `--repeats` times and
 the medians are compared.

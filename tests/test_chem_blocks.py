@@ -3,8 +3,16 @@ import pyarrow as pa
 import pytest
 from rdkit import Chem
 
-from stages.chem.blocks import (BLOCKS_SCHEMA, Block, block_from_brics_fragment, blocks_from_table,
-                                blocks_table, brics_blocks, nci_smiles, seh_frag_blocks)
+from stages.chem.blocks import (
+    BLOCKS_SCHEMA,
+    Block,
+    block_from_brics_fragment,
+    blocks_from_table,
+    blocks_table,
+    brics_blocks,
+    nci_smiles,
+    seh_frag_blocks,
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,16 @@
 import numpy as np
 import pytest
 
-from stages.chem.properties import (InvalidMolecule, lipinski_violations, murcko_scaffold, pains_alerts,
-                                    parse_smiles, qed, sa_score, soft_gate)
+from stages.chem.properties import (
+    InvalidMolecule,
+    lipinski_violations,
+    murcko_scaffold,
+    pains_alerts,
+    parse_smiles,
+    qed,
+    sa_score,
+    soft_gate,
+)
 
 ASPIRIN = "CC(=O)Oc1ccccc1C(=O)O"
 

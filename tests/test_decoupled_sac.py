@@ -8,17 +8,28 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from stages.common.artifacts import load_checkpoint
+from stages.common.artifacts import load_checkpoint, read_provenance, sidecar_path
 from stages.common.params import load_params
+from stages.common.resume import ResumeState
 from stages.common.stage import StageContext
 from stages.decoupled import sac_aggregate, sac_evaluate, sac_train
 from stages.envs.control import ActionRescale, make_control_env
-from stages.rl.sac import (SAC, Actor, SACConfig, Temperature, TemperatureConfig, entropy_range, evaluate,
-                           greedy_policy, target_entropy, train)
-
+from stages.rl.sac import (
+    SAC,
+    Actor,
+    SACConfig,
+    Temperature,
+    TemperatureConfig,
+    entropy_range,
+    evaluate,
+    greedy_policy,
+    target_entropy,
+    train,
+)
 from tests.test_workflow import ROOT
 
 TINY = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")["decoupled"]["sac"]
+RESUME = "model.safetensors.resume.safetensors"   # ResumeState.for_output(ctx, "model")
 
 
 class BoxEcho(gym.Env):
@@ -141,10 +152,17 @@ def test_at_scale_0_1_the_minus_d_target_raises_the_temperature_and_the_decouple
     assert decoupled.temperature.value().item() < 0.85
 
 
-def stage_ctx(stage: str, run_dir, outputs: dict, inputs=None, seed: int = 0, **aliases) -> StageContext:
+def stage_ctx(stage: str, run_dir, outputs: dict, inputs=None, seed: int = 0, wildcards=None,
+              **aliases) -> StageContext:
     params = {alias: _get(dotted) for alias, dotted in aliases.items()}
     return StageContext(stage=stage, params=params, param_keys=aliases, inputs=inputs or {},
-                        outputs={k: run_dir / v for k, v in outputs.items()}, seed_value=seed)
+                        outputs={k: run_dir / v for k, v in outputs.items()}, seed_value=seed,
+                        wildcards=wildcards or {})
+
+
+def job(scale: str, temperature: str = "auto", seed: int = 0) -> dict:
+    """The wildcards Snakemake gives a pendulum run (strings)."""
+    return {"env": "pendulum", "scale": scale, "temperature": temperature, "seed": str(seed)}
 
 
 def _get(dotted: str):
@@ -154,9 +172,10 @@ def _get(dotted: str):
     return node
 
 
-def train_ctx(run_dir, temperature="auto", seed=0, total_steps=None) -> StageContext:
+def train_ctx(run_dir, scale="0.25", temperature="auto", seed=0, total_steps=None) -> StageContext:
     ctx = stage_ctx("decoupled.sac_train", run_dir,
                      {"model": "model.safetensors", "curve": "curve.csv"}, seed=seed,
+                     wildcards=job(scale, temperature, seed),
                      env="decoupled.sac.envs.pendulum", temperature=f"decoupled.sac.temperatures.{temperature}",
                      agent="decoupled.sac.agent", train="decoupled.sac.train")
     if total_steps is not None:
@@ -169,14 +188,15 @@ class SimulatedKill(Exception):
 
 
 def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tmp_path, monkeypatch, caplog):
-    whole = tmp_path / "a/pendulum/s0.25/auto/seed0"
+    whole = tmp_path / "a"
     sac_train.run(train_ctx(whole))
 
-    killed = tmp_path / "b/pendulum/s0.25/auto/seed0"
+    killed = tmp_path / "b"
+    resume = killed / RESUME
     original, saves = sac_train.save_resume, []
 
-    def save_then_die(path, agent, progress, provenance):
-        original(path, agent, progress, provenance)
+    def save_then_die(state, agent, progress):
+        original(state, agent, progress)
         saves.append(progress.step)
         if len(saves) == 1:
             raise SimulatedKill
@@ -184,13 +204,14 @@ def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tmp_pat
     monkeypatch.setattr(sac_train, "save_resume", save_then_die)
     with pytest.raises(SimulatedKill):
         sac_train.run(train_ctx(killed))
-    assert (killed / "resume.safetensors").exists() and not (killed / "model.safetensors").exists()
+    assert resume.exists() and not (killed / "model.safetensors").exists()
+    assert read_provenance(resume)["progress"]["step"] == saves[0]
     monkeypatch.setattr(sac_train, "save_resume", original)
     with caplog.at_level("INFO"):
         sac_train.run(train_ctx(killed))
-    assert f"resuming from {killed / 'resume.safetensors'} at step {saves[0]}" in caplog.text
+    assert f"resuming from {resume}" in caplog.text and f"resuming at step {saves[0]}" in caplog.text
     assert 0 < saves[0] < TINY["envs"]["pendulum"]["total_steps"]
-    assert not (killed / "resume.safetensors").exists()
+    assert not resume.exists() and not sidecar_path(resume).exists()
 
     a, b = load_checkpoint(whole / "model.safetensors"), load_checkpoint(killed / "model.safetensors")
     assert a.keys() == b.keys()
@@ -200,13 +221,13 @@ def test_a_killed_run_resumes_and_ends_identical_to_an_uninterrupted_one(tmp_pat
 
 
 def test_a_resume_file_from_other_params_is_ignored(tmp_path, caplog):
-    run_dir = tmp_path / "pendulum/s1/auto/seed0"
-    sac_train.run(train_ctx(run_dir, seed=1, total_steps=200))
-    other = tmp_path / "x/pendulum/s1/auto/seed0"
-    ctx = train_ctx(other, seed=1, total_steps=200)
+    run_dir = tmp_path / "a"
+    sac_train.run(train_ctx(run_dir, "1", seed=1, total_steps=200))
+    other = tmp_path / "b"
+    ctx = train_ctx(other, "1", seed=1, total_steps=200)
     agent = sac_train.build(ctx.params["env"], ctx.params["agent"], ctx.params["temperature"], 1.0, 1)[1]
-    stale = {**ctx.provenance(), "params_hash": "0" * 16}
-    sac_train.save_resume(other / "resume.safetensors", agent, sac_train.Progress(step=150, episode=3), stale)
+    stale = ResumeState(other / RESUME, {**ctx.provenance(), "params_hash": "0" * 16})
+    sac_train.save_resume(stale, agent, sac_train.Progress(step=150, episode=3))
     with caplog.at_level("WARNING"):
         sac_train.run(ctx)
     assert "starting afresh" in caplog.text
@@ -217,11 +238,12 @@ def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(
     returns, curves = [], []
     for scale in ("0.1", "1"):
         for temp in ("auto", "decoupled"):
-            run_dir = tmp_path / f"pendulum/s{scale}/{temp}/seed0"
-            sac_train.run(train_ctx(run_dir, temp, total_steps=200))
+            run_dir = tmp_path / f"run_{scale}_{temp}"   # identity travels as wildcards, not in folder names
+            sac_train.run(train_ctx(run_dir, scale, temp, total_steps=200))
             sac_evaluate.run(stage_ctx(
                 "decoupled.sac_evaluate", run_dir, {"returns": "returns.parquet", "metrics": "metrics.json"},
-                inputs={"model": run_dir / "model.safetensors"}, env="decoupled.sac.envs.pendulum",
+                inputs={"model": run_dir / "model.safetensors"}, wildcards=job(scale, temp),
+                env="decoupled.sac.envs.pendulum",
                 agent="decoupled.sac.agent", evaluate="decoupled.sac.evaluate"))
             returns.append(run_dir / "returns.parquet")
             curves.append(run_dir / "curve.csv")
@@ -249,11 +271,13 @@ def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-def test_bad_run_folder_names_the_problem(tmp_path):
+def test_run_identity_comes_from_the_wildcards_and_a_bad_scale_names_the_problem():
+    assert sac_train.run_of(job("0.25", "decoupled", 3)) == {
+        "env": "pendulum", "scale": 0.25, "temperature": "decoupled", "seed": 3}
     with pytest.raises(ValueError, match="not a number"):
-        sac_train.run_id(tmp_path / "pendulum/sbig/auto/seed0/model.safetensors")
-    with pytest.raises(ValueError, match="run folder"):
-        sac_train.run_id(tmp_path / "model.safetensors")
+        sac_train.run_of(job("big"))
+    with pytest.raises(ValueError, match="must be positive"):
+        sac_train.run_of(job("0"))
 
 
 def test_dm_control_adapter_steps_with_flat_observations_and_sac_runs_on_it():

@@ -250,6 +250,73 @@ def test_synthetic_task_is_deterministic_and_balanced_enough():
     assert a["train"][0].shape == (400, 1, 8, 8) and np.bincount(a["train"][1]).min() > 50
 
 
+# --- the tiny chain in process -----------------------------------------------------------------------
+def test_tiny_chain_in_process_takes_run_identity_from_wildcards(tmp_path):
+    """data -> train (dense, demp_l0) -> prune -> magnitude_l0 -> prune -> evaluate -> aggregate, each stage
+    handed its job's wildcards; the run folders (a, b, c) carry no identity."""
+    from stages.common.artifacts import read_provenance
+    from stages.common.code import ROOT
+    from stages.common.params import load_params
+    from stages.common.stage import StageContext
+    from stages.demp import aggregate, data, evaluate, magnitude, prune, train
+
+    tiny = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")
+
+    def get(dotted):
+        node = tiny
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    def run(module, keys, inputs, outputs, **wildcards):
+        keys = {a: f"demp.{d}" for a, d in keys.items()}
+        module.run(StageContext(stage=module.__name__.removeprefix("stages."),
+                                params={a: get(d) for a, d in keys.items()}, param_keys=keys, inputs=inputs,
+                                outputs=outputs, seed_value=0, wildcards={k: str(v) for k, v in wildcards.items()}))
+
+    job = {"dataset": "synthetic", "model": "convnet", "seed": 0}
+    fit = {"dataset": "datasets.synthetic", "model": "models.convnet", "train": "train", "criterion": "criterion"}
+    dataset = tmp_path / "dataset.parquet"
+    run(data, {"dataset": "datasets.synthetic"}, {}, {"dataset": dataset}, dataset="synthetic")
+    dense, demp, mag = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run(train, fit, {"dataset": dataset}, {"model": dense / "trained.safetensors", "curve": dense / "curve.csv"}, **job)
+    run(train, {**fit, "demon": "demon", "sweep": "sweep.convnet"}, {"dataset": dataset},
+        {"model": demp / "trained.safetensors", "curve": demp / "curve.csv"}, lam=0, **job)
+    assert (demp / "curve.csv").read_text().splitlines()[0] == ",".join(train.CURVE_COLUMNS)
+
+    def prune_and_evaluate(folder, variant):
+        run(prune, {"model": "models.convnet", "criterion": "criterion"},
+            {"dataset": dataset, "model": folder / "trained.safetensors"},
+            {"model": folder / "pruned.safetensors", "widths": folder / "widths.parquet"}, variant=variant, **job)
+        run(evaluate, {"model": "models.convnet", "evaluate": "evaluate"},
+            {"dataset": dataset, "model": folder / "pruned.safetensors", "reference": dense / "trained.safetensors",
+             "curve": folder / "curve.csv"},
+            {"table": folder / "eval.parquet", "metrics": folder / "metrics.json"}, variant=variant, **job)
+        assert read_provenance(folder / "eval.parquet")["wildcards"]["variant"] == variant
+
+    prune_and_evaluate(dense, "dense")
+    prune_and_evaluate(demp, "demp_l0")
+    run(magnitude, {**fit, "magnitude": "magnitude"},
+        {"dataset": dataset, "dense": dense / "trained.safetensors", "target": demp / "pruned.safetensors"},
+        {"model": mag / "trained.safetensors", "curve": mag / "curve.csv"}, lam=0, **job)
+    prune_and_evaluate(mag, "magnitude_l0")
+    run(aggregate, {"sweep": "sweep", "aggregate": "aggregate"},
+        {"tables": [f / "eval.parquet" for f in (dense, demp, mag)], "curves": [demp / "curve.csv"]},
+        {"table": tmp_path / "summary.parquet", "plot": tmp_path / "tradeoff.png", "metrics": tmp_path / "m.json"})
+    summary = pq.read_table(tmp_path / "summary.parquet").to_pylist()
+    assert [(r["dataset"], r["model"], r["variant"], r["method"]) for r in summary] == [
+        ("synthetic", "convnet", v, v.split("_l")[0]) for v in ("dense", "demp_l0", "magnitude_l0")]
+    assert summary[1]["lambda_max"] == get("demp.sweep.convnet.lambda_max")[0]
+    assert summary[1]["units"] == summary[2]["units"], "magnitude is pruned to DemP's widths"
+
+
+def test_method_of_a_variant():
+    from stages.demp.aggregate import method_of
+
+    assert [method_of(v) for v in ("dense", "demp_l2", "magnitude_l10")] == [
+        ("dense", None), ("demp", 2), ("magnitude", 10)]
+
+
 # --- the tiny chain through Snakemake ----------------------------------------------------------------
 # 11 stage processes, 8 in a row on the critical path, each ~3 s of imports: ~45 s on an idle 2-core
 # machine (longer when the cores are shared).

@@ -10,8 +10,15 @@ import torch
 
 from stages.chem.blocks import Block
 from stages.envs.fragments import STOP, FragmentMDP
-from stages.rl.frag_soft_q import (CachedReward, FragSoftQ, FragSoftQConfig, PathCounts, likelihood_metrics,
-                                  sample_metrics, train)
+from stages.rl.frag_soft_q import (
+    CachedReward,
+    FragSoftQ,
+    FragSoftQConfig,
+    PathCounts,
+    likelihood_metrics,
+    sample_metrics,
+    train,
+)
 from stages.rl.frag_task import evaluation_states, make_task
 
 # chain pieces: CC has two stems, so trees of three blocks have several construction orders
@@ -80,10 +87,9 @@ def test_gsql_converges_to_reward_distribution_and_naive_soft_q_does_not(mdp, ba
     assert [row["step"] for row in rows] == [100, 200, 300, 400]
 
 
-SEH = Path(__file__).resolve().parents[2] / "shared/data/seh_proxy/bengio2021flow_proxy.pkl.gz"
+SEH = Path(__file__).resolve().parents[1] / "data/external/seh_proxy/bengio2021flow_proxy.pkl.gz"
 
 
-@pytest.mark.skipif(not SEH.exists(), reason=f"sEH proxy weights not found at {SEH}")
 def test_seh_task_sampled_and_likelihood_metrics():
     task = {"seh_proxy": str(SEH), "max_blocks": 2, "fp_bits": 32, "beta": 4.0, "eval_samples": 12,
             "mode_threshold": 0.5, "test_molecules": 6, "test_seed": 3, "test_stop_prob": 0.5}

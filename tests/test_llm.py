@@ -16,13 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.llm.backend import LLMBackend, LLMError, make_backend
+from stages.common.code import code_files
+from stages.llm.backend import LLMBackend, LLMError
 from stages.llm.cache import AnswerCache, CacheError, Entry
-from stages.llm.judge import parse_verdict, pointwise_prompt
+from stages.llm.factory import make_backend
+from stages.llm.judge import judge_mode, parse_verdict, pointwise_prompt
 from stages.motif.annotate import ANNOTATIONS_SCHEMA, annotate
 
 GOAL = "Prefer agents that maximize the score in the game, for instance by killing monsters."
-JUDGE = {"mode": "auto", "tie_margin": 0.0,
+JUDGE = {"goal": GOAL, "mode": "auto", "tie_margin": 0.0,
          "pointwise_question": "{goal}\nDoes this NetHack message show progress towards this goal? "
                                "Answer yes or no.\nMessage: \"{message}\"",
          "pointwise_examples": [{"message": "You kill the sewer rat!", "answer": "yes"},
@@ -36,7 +38,7 @@ def llm_cfg(backend="local", **over) -> dict:
                       "max_retries": 2, "backoff_s": 0.01, "concurrency": 4, "api": "chat"},
            "vllm": {"tensor_parallel": 1, "gpu_memory_utilization": 0.9, "max_model_len": 4096},
            "sampling": {"temperature": 0.1, "top_p": 0.95, "top_k": 50, "max_tokens": 64, "seed": 0},
-           "judge": dict(JUDGE), "batch_size": 2}
+           "batch_size": 2}
     for k, v in over.items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) else v
     return cfg
@@ -66,6 +68,22 @@ def llm_cfg(backend="local", **over) -> dict:
 ])
 def test_parse_verdict(text, expected):
     assert parse_verdict(text) == expected
+
+
+# -- module structure --------------------------------------------------------------------------------
+def test_backends_depend_on_the_interface_only():
+    """No import circle: the interface imports no backend, each backend only the interface, and only the
+    factory (and what imports it) reaches every backend."""
+    assert code_files("llm.backend") == ("stages/llm/backend.py",)
+    for name in ("local", "openai_server", "vllm_offline"):
+        assert code_files(f"llm.{name}") == ("stages/llm/backend.py", f"stages/llm/{name}.py")
+    assert {f"stages/llm/{n}.py" for n in ("local", "openai_server", "vllm_offline")} <= set(code_files("llm.factory"))
+
+
+@pytest.mark.parametrize("mode,backend,expected", [("auto", "local", "pointwise"), ("auto", "vllm", "pairwise"),
+                                                   ("pairwise", "local", "pairwise")])
+def test_judge_mode(mode, backend, expected):
+    assert judge_mode(mode, backend) == expected
 
 
 # -- backend doubles ---------------------------------------------------------------------------------
@@ -138,19 +156,19 @@ def test_truncated_cache_part_is_an_error_then_recovered(tmp_path):
 
 @pytest.mark.parametrize("mode", ["pairwise", "pointwise"])
 def test_interrupted_annotation_resumes_and_rerun_asks_nothing(tmp_path, mode):
-    cfg = llm_cfg(judge={"mode": mode}, batch_size=2)
+    cfg, judge = llm_cfg(batch_size=2), {**JUDGE, "mode": mode}
     opts = {"cache_dir": str(tmp_path / "cache"), "flush_every": 100}  # the crash itself must flush
     table = pairs_table(PAIRS)
     need = 6 if mode == "pairwise" else len({m for a, b in PAIRS if a != b for m in (a, b)})
     crashing = FakeBackend(fail_after=4)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        annotate(table, cfg, GOAL, opts, backend=crashing)
+        annotate(table, cfg, judge, opts, backend=crashing)
     assert crashing.asked == 4
     resumed = FakeBackend()
-    first, metrics = annotate(table, cfg, GOAL, opts, backend=resumed)
+    first, metrics = annotate(table, cfg, judge, opts, backend=resumed)
     assert resumed.asked == need - 4 == metrics["model_calls"]
     again = FakeBackend()
-    second, metrics2 = annotate(table, cfg, GOAL, opts, backend=again)
+    second, metrics2 = annotate(table, cfg, judge, opts, backend=again)
     assert again.asked == 0 and metrics2["model_calls"] == 0 and metrics2["cache_hits"] == need
     assert first.equals(second) and first.schema.equals(ANNOTATIONS_SCHEMA)
     rows = first.to_pylist()
@@ -168,7 +186,7 @@ def test_pairwise_reask_then_unknown(tmp_path):
         return "Both look interesting."
     table = pairs_table([("You kill the newt!", "gold"), ("It's a wall.", "Never mind."), ("z", "z")])
     fake = FakeBackend(answers)
-    out, metrics = annotate(table, llm_cfg("openai", judge={"mode": "auto"}), GOAL,
+    out, metrics = annotate(table, llm_cfg("openai"), JUDGE,
                             {"cache_dir": str(tmp_path)}, backend=fake)
     rows = out.to_pylist()
     assert [r["label"] for r in rows] == [2, -1, 0] and [r["masked"] for r in rows] == [False, True, False]
@@ -404,13 +422,13 @@ def test_pointwise_annotation_end_to_end_with_the_real_model(smollm, tmp_path):
     pairs = pairs_table([("You kill the newt!", "It's a wall."), ("It's a wall.", "You see here 5 gold pieces."),
                          ("You kill the newt!", "You kill the newt!")])
     pq.write_table(pairs, tmp_path / "pairs.parquet")
-    params = {"llm": {**smollm.cfg, "batch_size": 4}, "goal": GOAL,
+    params = {"llm": {**smollm.cfg, "batch_size": 4}, "judge": JUDGE,
               "annotate": {"cache_dir": str(tmp_path / "cache"), "flush_every": 2}}
     outs = {"annotations": tmp_path / "annotations.parquet", "metrics": tmp_path / "metrics.json"}
 
     def stage():
         ctx = StageContext(stage="motif.annotate", params=params,
-                           param_keys={"llm": "motif.llm", "goal": "motif.goal", "annotate": "motif.annotate"},
+                           param_keys={"llm": "motif.llm", "judge": "motif.judge", "annotate": "motif.annotate"},
                            inputs={"pairs": tmp_path / "pairs.parquet"}, outputs=outs)
         run(ctx)
         return pq.read_table(outs["annotations"]), json.loads(outs["metrics"].read_text())

@@ -1,12 +1,19 @@
 """Max-ent GFlowNets on HyperGrid: exact path counts, exact terminal distributions and entropies, the
 backward-policy reward construction (V*(s0) = log Z), the balance losses at their solution, and
 convergence to a known answer (GSQL with max-ent P_B matches R/Z; naive soft Q-learning does not)."""
+import json
 import math
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
+from stages.common.code import ROOT
+from stages.common.params import load_params
+from stages.common.stage import StageContext
 from stages.envs.hypergrid import HyperGrid
+from stages.maxent_gfn import aggregate, evaluate
+from stages.maxent_gfn import train as train_stage
 from stages.maxent_gfn.model import GFNModel, sample
 from stages.maxent_gfn.train import train
 from stages.rl import balance
@@ -163,18 +170,18 @@ def test_gsql_maxent_converges_and_naive_sql_does_not():
     """2D H=4 (16 states): the known answer is R/Z; a torchgfn-style convergence test, exact L1."""
     env = HyperGrid(2, 4)
     _, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "sql", "backward": "maxent"}, CFG, seed=0)
-    l1, logz_err = rows[-1][2], rows[-1][3]
+    l1, logz_err = rows[-1]["l1"], rows[-1]["logz_error"]
     assert l1 < 0.02 and logz_err < 0.05
     _, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "sql", "backward": "none"}, CFG, seed=0)
-    assert rows[-1][2] > 0.5
+    assert rows[-1]["l1"] > 0.5
     nr = env.log_n_paths(env.all_states) + env.log_reward(env.all_states)
-    assert rows[-1][3] == pytest.approx(torch.logsumexp(nr, 0).item() - env.log_Z, abs=0.1)
+    assert rows[-1]["logz_error"] == pytest.approx(torch.logsumexp(nr, 0).item() - env.log_Z, abs=0.1)
 
 
 def test_tb_converges_with_lower_entropy_than_gsql_maxent():
     env = HyperGrid(2, 4)
     model, rows, _ = train(env, {"hidden": 64, "depth": 2}, {"loss": "tb", "backward": "uniform"}, CFG, seed=0)
-    assert rows[-1][2] < 0.02
+    assert rows[-1]["l1"] < 0.02
     h = env.trajectory_entropy(model.log_pf_all())
     assert h == pytest.approx(env.uniform_pb_trajectory_entropy(), abs=0.02)
     assert h < env.max_trajectory_entropy() - 0.03      # the gap is 0.045 nats on this small grid
@@ -183,3 +190,72 @@ def test_tb_converges_with_lower_entropy_than_gsql_maxent():
 def test_backward_none_requires_soft_q_learning():
     with pytest.raises(ValueError, match="only makes sense with loss 'sql'"):
         train(HyperGrid(2, 3), {"hidden": 8, "depth": 1}, {"loss": "tb", "backward": "none"}, CFG, seed=0)
+
+
+def test_tiny_chain_aggregates_runs_by_the_wildcards_in_their_provenance(tmp_path):
+    """train -> evaluate -> aggregate through StageContext; run folders carry no identity."""
+    tiny = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")
+
+    def ctx(stage, keys, inputs, outputs, wildcards=None):
+        return StageContext(stage=f"maxent_gfn.{stage}", params={a: _get(tiny, d) for a, d in keys.items()},
+                            param_keys=keys, inputs=inputs, outputs=outputs, seed_value=0,
+                            wildcards=wildcards or {})
+
+    runs = {}
+    for objective in ("tb", "naive_sql"):
+        run = tmp_path / f"run_{len(runs)}"
+        wildcards = {"grid": "d2h8", "objective": objective, "seed": "0"}
+        keys = {"grid": "maxent_gfn.grids.d2h8", "objective": f"maxent_gfn.objectives.{objective}",
+                "model": "maxent_gfn.model"}
+        train_stage.run(ctx("train", {**keys, "train": "maxent_gfn.train"}, {},
+                            {"model": run / "model.safetensors", "curve": run / "train_curve.csv"}, wildcards))
+        assert (run / "train_curve.csv").read_text().splitlines()[0] == ",".join(train_stage.CURVE_COLUMNS)
+        evaluate.run(ctx("evaluate", keys, {"model": run / "model.safetensors", "curve": run / "train_curve.csv"},
+                         {"distribution": run / "terminal_distribution.parquet", "metrics": run / "metrics.json"},
+                         wildcards))
+        runs[objective] = run
+    order = list(reversed(runs.values()))   # inputs in differing orders: matched by folder, not position
+    aggregate.run(ctx("aggregate", {"aggregate": "maxent_gfn.aggregate"},
+                      {"distributions": [r / "terminal_distribution.parquet" for r in runs.values()],
+                       "metrics": [r / "metrics.json" for r in order],
+                       "curves": [r / "train_curve.csv" for r in order]},
+                      {"table": tmp_path / "summary.parquet", "plot": tmp_path / "plot.png",
+                       "metrics": tmp_path / "summary.json"}))
+    rows = pq.read_table(tmp_path / "summary.parquet").to_pylist()
+    assert [(r["grid"], r["objective"], r["seed"], r["loss"]) for r in rows] == [
+        ("d2h8", "naive_sql", 0, "sql"), ("d2h8", "tb", 0, "tb")]
+    for r in rows:
+        assert r["l1"] == json.loads((runs[r["objective"]] / "metrics.json").read_text())["l1"]
+    assert set(json.loads((tmp_path / "summary.json").read_text())["d2h8"]["objectives"]) == {"tb", "naive_sql"}
+
+
+def test_molecules_aggregate_takes_objective_and_seed_from_the_samples_provenance(tmp_path):
+    from stages.common.artifacts import write_table
+    from stages.maxent_gfn import molecules_aggregate
+    from stages.rl.frag_task import SAMPLES_SCHEMA
+
+    samples, metrics = [], []
+    for i, (objective, backward, pearson) in enumerate((("naive_sql", "none", 0.2), ("gsql_maxent_pb", "maxent", 0.9))):
+        run = tmp_path / f"run_{i}"
+        write_table(run / "samples.parquet", SAMPLES_SCHEMA.empty_table(), SAMPLES_SCHEMA,
+                    {"wildcards": {"mol_objective": objective, "seed": "5"}})
+        m = {c: 1 for c in molecules_aggregate.COLUMNS}
+        (run / "metrics.json").write_text(json.dumps({**m, "pearson_logp_logr": pearson, "seed": 0,
+                                                      "objective": {"backward": backward}}))
+        samples.append(run / "samples.parquet")
+        metrics.insert(0, run / "metrics.json")
+    molecules_aggregate.run(StageContext(
+        stage="maxent_gfn.molecules_aggregate", params={}, param_keys={},
+        inputs={"samples": samples, "metrics": metrics},
+        outputs={n: tmp_path / f for n, f in (("table", "s.parquet"), ("plot", "p.png"), ("metrics", "m.json"))}))
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert [(r["objective"], r["backward"], r["seed"]) for r in rows] == [
+        ("gsql_maxent_pb", "maxent", 5), ("naive_sql", "none", 5)]
+    checks = json.loads((tmp_path / "m.json").read_text())["checks"]
+    assert checks == {"gsql_maxent_correlates_better_than_naive": True}
+
+
+def _get(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params[part]
+    return params

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from stages.common.resume import ResumeState
 from stages.common.stage import StageContext
-from stages.envs.nethack import (BLSTATS, NetHackVecEnv, assert_disjoint, episode_seed, make_env,
-                                 seed_split)
+from stages.envs.nethack import BLSTATS, NetHackVecEnv, assert_disjoint, episode_seed, make_env, seed_split
 from stages.motif.collect import N_ACTIONS, STEPS_SCHEMA, collect
 from stages.motif.evaluate import evaluate, evaluation_seeds
 from stages.motif.intrinsic import MotifReward, intrinsic_reward
@@ -19,7 +19,8 @@ from stages.motif.pairs import PAIRS_SCHEMA, sample_pairs
 from stages.motif.policy import PolicyActor
 from stages.motif.reward import ANNOTATIONS_SCHEMA, soft_targets, train_reward_model
 from stages.motif.reward_model import CaptionRewardNet, RewardModel
-from stages.motif.train_rl import PPOConfig, RewardConfig, Stopped, train
+from stages.motif.train_rl import train
+from stages.rl.ppo_nethack import CURVE_COLUMNS, PPOConfig, Stopped
 
 REWARD_MODEL = {"max_len": 64, "embed_dim": 8, "channels": 16, "kernel": 3, "hidden": 16}
 POLICY = {"crop": 5, "embed_dim": 4, "hidden": 32}
@@ -88,6 +89,37 @@ def test_collector_marks_a_crashed_episode_and_goes_on():
     first = df[df.episode == 0]
     assert first.crashed.all() and len(first) == 20 and first.done.iloc[-1]   # reset row + 19 steps
     assert not df[df.episode > 0].crashed.any() and df.episode.max() >= 3
+
+
+class CrashOnReset(gym.Wrapper):
+    """An env whose NLE core 'crashes' on the resets numbered in `bad` (counted in `resets`, a list
+    shared by every env of a run)."""
+
+    def __init__(self, env, resets, bad):
+        super().__init__(env)
+        self.resets, self.bad = resets, bad
+
+    def reset(self, **kwargs):
+        self.resets.append(len(self.resets))
+        if self.resets[-1] in self.bad:
+            raise RuntimeError("simulated NLE reset crash")
+        return self.env.reset(**kwargs)
+
+
+def test_collector_skips_a_seed_whose_reset_crashes():
+    seeds = [episode_seed("train", 0, k) for k in range(20)]
+    made, resets = [], []
+
+    def make():
+        made.append(CrashOnReset(make_env(max_episode_steps=30), resets, bad={1}))
+        return made[-1]
+
+    df = collect(150, seeds.__getitem__, PolicyActor(None, N_ACTIONS, 1), make).to_pandas()
+    assert len(made) == 2 and len(df) == 150 and not df.crashed.any()
+    assert df.groupby("episode").seed.first().tolist()[:3] == [seeds[0], seeds[2], seeds[3]]
+    with pytest.raises(RuntimeError, match="reset crashed 5 times"):
+        collect(10, seeds.__getitem__, PolicyActor(None, N_ACTIONS, 1),
+                lambda: CrashOnReset(make_env(max_episode_steps=30), [], bad=range(10**6)))
 
 
 @pytest.mark.parametrize("train_base, eval_base", [(0, 0), (5, 0), (0, 7), (1048575, 1048575)])
@@ -189,6 +221,7 @@ def test_reward_stage_skips_masked_labels_and_writes_its_artifacts(tmp_path):
     top = pq.read_table(outs["messages"]).to_pandas()
     assert list(top.kind) == ["top"] * 4 + ["bottom"] * 4
     assert top.reward_normalized.iloc[0] >= top.reward_normalized.iloc[4]
+    assert outs["curve"].read_text().splitlines()[0] == "step,train_loss,heldout_loss,heldout_agreement"
     loaded = RewardModel.load(outs["model"], outs["stats"])
     assert loaded.threshold(0.5) == stats["quantiles"]["0.50"]
 
@@ -249,25 +282,73 @@ def tiny_reward_model():
     return RewardModel(CaptionRewardNet.from_params(REWARD_MODEL), mean=0.0, std=0.1, quantiles=q)
 
 
-def run_ppo(resume, stop_after=None):
-    cfg = PPOConfig(total_steps=4 * 64, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1,
-                    checkpoint_every=2)
-    return train(cfg, POLICY, RewardConfig(a_ext=0.1, a_int=0.1), tiny_reward_model(), seed=7, resume=resume,
-                 max_episode_steps=40, stop_after=stop_after)
+TINY_PPO = {"total_steps": 4 * 64, "num_envs": 2, "num_steps": 32, "learning_rate": 1e-3, "anneal_lr": True,
+            "gamma": 0.99, "gae_lambda": 0.95, "num_minibatches": 2, "update_epochs": 1, "clip_coef": 0.1,
+            "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "reward_clip": 10.0, "checkpoint_every": 2}
+RUN = {"params_hash": "p", "seed": 7, "code_sha256": "c"}   # what ResumeState compares
+
+
+def run_ppo(path, stop_after=None, model=None):
+    cfg = PPOConfig.from_dict(TINY_PPO)
+    # eps = the 5% quantile: most messages pay, so the per-episode counts (resumed state) matter
+    reward = MotifReward(model or tiny_reward_model(), cfg.num_envs, 0.1, 0.1, 0.05, 3.0)
+    return train(cfg, POLICY, reward, seed=7, max_episode_steps=40, resume=ResumeState(path, RUN),
+                 stop_after=stop_after)
+
+
+def test_ppo_config_has_no_defaults_and_rejects_unknown_keys():
+    with pytest.raises(TypeError, match="checkpoint_every"):
+        PPOConfig.from_dict({k: v for k, v in TINY_PPO.items() if k != "checkpoint_every"})
+    with pytest.raises(TypeError, match="lr"):
+        PPOConfig.from_dict({**TINY_PPO, "lr": 0.1})
 
 
 def test_ppo_resumes_after_a_kill_exactly_like_an_uninterrupted_run(tmp_path):
-    agent, curve, episodes = run_ppo(tmp_path / "a.resume.pt")
-    assert len(curve) == 4 and curve[-1][0] == 256 and len(episodes) >= 4   # 40-step episodes
-    assert all(np.isfinite(row[7]) for row in curve)
+    agent, curve, episodes = run_ppo(tmp_path / "a.resume.safetensors")
+    assert len(curve) == 4 and curve[-1]["step"] == 256 and len(episodes) >= 4   # 40-step episodes
+    assert all(np.isfinite(row["policy_loss"]) for row in curve)
+    path = tmp_path / "b.resume.safetensors"
     with pytest.raises(Stopped):
-        run_ppo(tmp_path / "b.resume.pt", stop_after=3)     # killed after update 3; last checkpoint: 2
-    assert (tmp_path / "b.resume.pt").exists()
-    resumed, curve_b, episodes_b = run_ppo(tmp_path / "b.resume.pt")
+        run_ppo(path, stop_after=3)     # killed after update 3; last checkpoint: 2
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["provenance"]["progress"]["update"] == 2 and sidecar["provenance"]["seed"] == 7
+    with open(path, "rb") as fh:    # safetensors: an 8-byte header length, then a JSON header (no pickle)
+        assert fh.read(9)[8:] == b"{"
+    resumed, curve_b, episodes_b = run_ppo(path)
     np.testing.assert_equal(curve_b, curve)            # NaN (no episode ended) compares equal here
     assert episodes_b == episodes
     for name, tensor in agent.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_ppo_resume_file_of_another_reward_model_is_ignored(tmp_path, caplog):
+    path = tmp_path / "c.resume.safetensors"
+    with pytest.raises(Stopped):
+        run_ppo(path, stop_after=2)
+    other = tiny_reward_model()
+    other.mean = 0.5                                  # another reward: the saved state must not be used
+    with caplog.at_level("INFO"):
+        run_ppo(path, model=other)
+    assert "another reward" in caplog.text and "resumed" not in caplog.text
+
+
+def test_train_rl_stage_writes_policy_curve_and_metrics_and_clears_resume(tmp_path):
+    from stages.common.artifacts import read_provenance
+    from stages.motif.train_rl import run
+
+    outs = {"policy": tmp_path / "policy.safetensors", "curve": tmp_path / "curve.csv",
+            "metrics": tmp_path / "metrics.json"}
+    params = {"agent": {"a_ext": 0.1, "a_int": 0.0}, "ppo": {**TINY_PPO, "total_steps": 128},
+              "policy": POLICY, "intrinsic": {"beta": 3.0, "threshold_quantile": 0.5},
+              "env": {"max_episode_steps": 40}}
+    ctx = StageContext("motif.train_rl", params, {k: f"motif.{k}" for k in params}, {}, outs, seed_value=3,
+                       wildcards={"agent": "extrinsic", "seed": "3"})
+    run(ctx)
+    lines = outs["curve"].read_text().splitlines()
+    assert lines[0] == ",".join(CURVE_COLUMNS) and len(lines) == 3 and lines[-1].startswith("128,2,")
+    assert json.loads(outs["metrics"].read_text())["env_steps"] == 128
+    assert read_provenance(outs["policy"])["wildcards"] == {"agent": "extrinsic", "seed": "3"}
+    assert not list(tmp_path.glob("*.resume.*"))
 
 
 def test_vector_env_restore_replays_the_current_episodes():
@@ -302,3 +383,36 @@ def test_verdict_asks_two_standard_errors_before_calling_a_score_gain_clear(intr
     agent = {"max_depth_mean": 1.1, "score_sem": 5.0}
     v = verdict({"intrinsic": {**agent, "score_mean": intrinsic_mean}, "random": {**agent, "score_mean": 32.9}})
     assert v["intrinsic_beats_random_score"] and v["intrinsic_beats_random_score_by_2se"] is clear
+
+
+def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
+    from stages.common.artifacts import save_checkpoint, write_table
+    from stages.motif.aggregate import run
+    from stages.motif.evaluate import EPISODES_SCHEMA
+    from stages.motif.policy import Agent
+
+    def episodes(folder, wildcards, inputs, score):
+        rows = [{"episode": k, "seed": k, "score": score + k, "max_depth": 1, "turns": 10, "steps": 5,
+                 "ext_return": 1.0, "intrinsic_return": 0.5, "reached_depth2": False, "crashed": False}
+                for k in range(3)]
+        path = tmp_path / folder / "episodes.parquet"
+        write_table(path, pa.Table.from_pylist(rows, EPISODES_SCHEMA), EPISODES_SCHEMA,
+                    {"wildcards": wildcards, "inputs": inputs})
+        return path
+
+    # folder names that say nothing (or something wrong) about the run
+    trained = episodes("x/seed9", {"agent": "intrinsic", "seed": "4"}, {"policy": "h", "reward_model": "h"}, 50)
+    random = episodes("y", {"seed": "4"}, {"reward_model": "h"}, 10)   # the random rule has no {agent}
+    save_checkpoint(tmp_path / "z/policy.safetensors", Agent.from_params(N_ACTIONS, POLICY).state_dict(),
+                    {"wildcards": {"agent": "intrinsic", "seed": "4"}})
+    (tmp_path / "z/curve.csv").write_text("step,score\n64,1.0\n128,2.0\n")
+    (tmp_path / "reward.json").write_text(json.dumps({"heldout_agreement": 0.8}))
+    outs = {"table": tmp_path / "summary.parquet", "table_csv": tmp_path / "summary.csv",
+            "plot": tmp_path / "agents.png", "metrics": tmp_path / "metrics.json"}
+    run(StageContext("motif.aggregate", {}, {}, {"episodes": [trained, random],
+                                                 "curves": [tmp_path / "z/curve.csv"],
+                                                 "policies": [tmp_path / "z/policy.safetensors"],
+                                                 "reward_metrics": tmp_path / "reward.json"}, outs))
+    rows = pq.read_table(outs["table"]).to_pylist()
+    assert [(r["agent"], r["seed"], r["score_mean"]) for r in rows] == [("random", 4, 11.0), ("intrinsic", 4, 51.0)]
+    assert json.loads(outs["metrics"].read_text())["verdict"]["intrinsic_beats_random_score"]

@@ -12,9 +12,16 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from stages.chem.seh_proxy import (SEH_PROXY_FILENAME, SEH_PROXY_SHA256, ProxyWeightsError,
-                                   UnsupportedMolecule, featurize, load_seh_proxy, read_proxy_arrays,
-                                   seh_task_reward)
+from stages.chem.seh_proxy import (
+    SEH_PROXY_FILENAME,
+    SEH_PROXY_SHA256,
+    ProxyWeightsError,
+    UnsupportedMolecule,
+    featurize,
+    load_seh_proxy,
+    read_proxy_arrays,
+    seh_task_reward,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "data" / "external" / "seh_proxy" / SEH_PROXY_FILENAME

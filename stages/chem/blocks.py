@@ -10,9 +10,9 @@ listed twice takes up to two bonds. Two vocabularies:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import pyarrow as pa
 from rdkit import Chem, RDConfig, RDLogger

@@ -15,10 +15,10 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 
@@ -89,7 +89,7 @@ class DockingCache:
 
     def put(self, row: dict) -> None:
         row = {name: row.get(name) for name in CACHE_SCHEMA.names}
-        row["docked_at"] = row["docked_at"] or datetime.now(timezone.utc)
+        row["docked_at"] = row["docked_at"] or datetime.now(UTC)
         self.rows[_key(row)] = row
         self.pending.append(row)
 

@@ -8,7 +8,8 @@ The score is Vina's total for the best pose, in kcal/mol (more negative binds be
 
 Vina's grid maps depend only on receptor, box and scoring function and cost seconds to compute, so each
 process keeps its last Vina object (maps + seed) and reuses it for every ligand (`_vina`): the same
-numbers as a fresh Vina object per ligand (tested), without the cost. The oracle docks the canonical SMILES, so a molecule's
+numbers as a fresh Vina object per ligand (tested), without the cost. The oracle docks the canonical SMILES,
+so a molecule's
 result does not depend on how its SMILES was written, and caches by molecule and setup (`dock_cache`).
 Failures are rows with a status (STATUSES), never exceptions.
 """
@@ -19,10 +20,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import version
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -56,7 +57,7 @@ class DockingTarget:
 
     @classmethod
     def from_pdbqt(cls, path: str | os.PathLike, center: Sequence[float], size: Sequence[float],
-                   name: str | None = None) -> "DockingTarget":
+                   name: str | None = None) -> DockingTarget:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: receptor PDBQT does not exist")
@@ -64,7 +65,7 @@ class DockingTarget:
                    tuple(float(s) for s in size), hashlib.sha256(path.read_bytes()).hexdigest())
 
     @classmethod
-    def from_receptor(cls, record: dict, name: str | None = None) -> "DockingTarget":
+    def from_receptor(cls, record: dict, name: str | None = None) -> DockingTarget:
         """From the record `receptor.prepare_receptor` returns (or its JSON copy)."""
         return cls.from_pdbqt(record["pdbqt"], record["center"], record["size"], name)
 
@@ -103,7 +104,7 @@ class DockingConfig:
             raise ValueError(f"timeout_s must be positive or None, got {self.timeout_s}")
 
     @classmethod
-    def from_params(cls, params: dict) -> "DockingConfig":
+    def from_params(cls, params: dict) -> DockingConfig:
         unknown = set(params) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown docking setting(s) {sorted(unknown)}")
@@ -337,7 +338,7 @@ class DockingOracle:
             self._pool.close()
             self._pool = None
 
-    def __enter__(self) -> "DockingOracle":
+    def __enter__(self) -> DockingOracle:
         return self
 
     def __exit__(self, *exc) -> None:

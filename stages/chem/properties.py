@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import numpy as np
 from rdkit import Chem, RDConfig, RDLogger
-from rdkit.Chem import Descriptors, Lipinski, QED
+from rdkit.Chem import QED, Descriptors, Lipinski
 from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
 from rdkit.Chem.Scaffolds import MurckoScaffold
 

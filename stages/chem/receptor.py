@@ -26,8 +26,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -205,8 +205,7 @@ def _meeko_residue_names() -> set[str]:
 
 def _meeko_pdbqt(protein, path: Path) -> str:
     import gemmi
-    from meeko import MoleculePreparation, PDBQTWriterLegacy, Polymer, PolymerCreationError, \
-        ResidueChemTemplates
+    from meeko import MoleculePreparation, PDBQTWriterLegacy, Polymer, PolymerCreationError, ResidueChemTemplates
 
     opts = gemmi.PdbWriteOptions(minimal=True)
     opts.ter_records = True

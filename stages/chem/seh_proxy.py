@@ -17,8 +17,8 @@ import os
 import pickle
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -14,9 +14,10 @@ import multiprocessing as mp
 import signal
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any, Callable, Hashable, Iterable, Iterator
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class WorkerPool:
             worker.kill()
         self.workers = []
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,9 +10,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -177,7 +177,7 @@ def write_json(path: str | os.PathLike, data: Mapping) -> Path:
 def _curve_cell(value) -> str:
     if isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, (int,)) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
+    if isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", None) in ("i", "u"):
         return str(int(value))
     if isinstance(value, str):
         if any(c in value for c in ',"\n'):

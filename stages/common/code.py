@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from stages.common.params import PACKAGE_DIR
@@ -38,7 +38,7 @@ def _imports(path: Path) -> set[str]:
     return {n for n in names if n == "stages" or n.startswith("stages.")}
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_files(module: str) -> tuple[str, ...]:
     """Repository-relative paths of the stage's source files, sorted."""
     seen: set[Path] = set()

@@ -2,7 +2,8 @@
 
 The schema is composed from one `params.schema.yaml` per method folder (`stages/<method>/`), each
 describing `params[<method>]`. A shared package's block schema (e.g. `stages/llm/config.schema.yaml`) is
-included with `$include: llm/config.schema.yaml` (path relative to `stages/`). Every object in it forbids unknown keys, so a typo stops the run with a
+included with `$include: llm/config.schema.yaml` (path relative to `stages/`). Every object in it forbids
+unknown keys, so a typo stops the run with a
 message naming the key before any work is done.
 """
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jsonschema
 import yaml

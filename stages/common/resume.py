@@ -1,8 +1,8 @@
 """Resumable training state: one safetensors file of tensors plus JSON progress, keyed on the run.
 
 A long stage calls `ResumeState.for_output(ctx, "model")`, then `load()` once at the start and `save()`
-every so often. The file only continues the run that wrote it: the same params hash, seed and code hash
-(from the stage's provenance); anything else, or a file that fails its sha256 check, starts afresh with
+every so often. The file only continues the run that wrote it: the same params hash, seed, code hash and
+input hashes (from the stage's provenance); anything else, or a file that fails its sha256 check, starts afresh with
 a warning and never crashes the stage. Tensors go through safetensors (no pickle); non-tensor progress
 (counters, curve rows, RNG states as lists) goes in the sidecar's `progress` entry. `clear()` removes
 the file once the stage has written its outputs.
@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from stages.common import artifacts
 
 log = logging.getLogger(__name__)
-RUN_KEYS = ("params_hash", "seed", "code_sha256")
+RUN_KEYS = ("params_hash", "seed", "code_sha256", "inputs")
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ResumeState:
     provenance: dict
 
     @classmethod
-    def for_output(cls, ctx, output: str) -> "ResumeState":
+    def for_output(cls, ctx, output: str) -> ResumeState:
         """The resume file beside output `output` of the stage: `<output>.resume.safetensors`."""
         return cls(Path(f"{ctx.outputs[output]}.resume.safetensors"), ctx.provenance())
 

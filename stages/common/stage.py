@@ -16,20 +16,22 @@ import logging
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 
 from stages.common import artifacts
-from stages.common.code import ROOT, code_sha256
+from stages.common.code import ROOT, code_files, code_sha256
 from stages.common.params import load_params, params_hash, select, validate_selected
 
 KEY_PACKAGES = ("numpy", "pandas", "pyarrow", "torch")
@@ -87,7 +89,8 @@ class StageContext:
                 for name, paths in self.inputs.items()}
         dotted = {self.param_keys[a]: v for a, v in self.params.items()}
         return {"stage": self.stage, "params": dotted, "params_hash": params_hash(dotted),
-                "seed": self.seed, "wildcards": dict(self.wildcards), "code_version": git_version(), "code_sha256": code_sha256(self.stage),
+                "seed": self.seed, "wildcards": dict(self.wildcards), "code_version": git_version(),
+                "code_sha256": code_sha256(self.stage),
                 "inputs": self._input_hashes, "packages": package_versions()}
 
     def write_table(self, name: str, table: pa.Table, schema: pa.Schema) -> Path:
@@ -150,15 +153,28 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def seed_everything(seed: int, threads: int) -> None:
+def uses_torch(stage: str) -> bool:
+    """Whether any source file of the stage imports torch (at module level or inside a function)."""
+    return any(re.search(r"^\s*(import|from) torch\b", (ROOT / rel).read_text(), re.M)
+               for rel in code_files(stage))
+
+
+def seed_everything(seed: int, threads: int, with_torch: bool = True) -> None:
+    """Seed Python and NumPy, and torch (deterministic algorithms on) when `with_torch`: stages whose
+    code never imports torch (most aggregates) skip its ~1 s import."""
     import numpy as np
-    import torch
 
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    if with_torch:
+        import torch
+
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        # torch.use_deterministic_algorithms(True) also sets torch._inductor.config.deterministic,
+        # which imports inductor and dynamo (~1.5 s per process); no stage uses torch.compile, so set
+        # the ATen flag alone.
+        torch._C._set_deterministic_algorithms(True, warn_only=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                        seed_value=args.seed, wildcards=_pairs(args.wildcards, "--wildcards"))
 
     module = importlib.import_module(f"stages.{args.stage}")
-    seed_everything(ctx.seed, args.threads)
+    seed_everything(ctx.seed, args.threads, with_torch=uses_torch(args.stage))
     start = time.perf_counter()
     log.info("stage %s: params %s", args.stage, json.dumps(ctx.provenance()["params"], sort_keys=True))
     module.run(ctx)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stages.common.code import ROOT, code_files
 from stages.common.params import method_dirs, select

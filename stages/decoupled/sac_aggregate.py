@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages.common.artifacts import ArtifactError, read_table
+from stages.common.artifacts import ArtifactError, read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.decoupled.sac_evaluate import RETURNS_SCHEMA
-from stages.decoupled.sac_train import run_id
+from stages.decoupled.sac_train import run_of
 from stages.rl.sac import CURVE_COLUMNS, TemperatureConfig, target_entropy
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def read_curves(paths) -> dict[tuple, pd.DataFrame]:
-    """{(env, scale, temperature, seed): curve} from the train stages' curve.csv files."""
+def read_curves(paths, returns_paths) -> dict[tuple, pd.DataFrame]:
+    """{(env, scale, temperature, seed): curve} from the train stages' curve.csv files. A curve (CSV, no
+    provenance) belongs to the run whose returns.parquet sits beside it."""
+    run_at = {p.parent: run_of(read_provenance(p)["wildcards"]) for p in returns_paths}
     out = {}
     for path in paths:
         try:
@@ -62,7 +64,7 @@ def read_curves(paths) -> dict[tuple, pd.DataFrame]:
         missing = [c for c in CURVE_COLUMNS if c not in df.columns]
         if missing or df.empty:
             raise ArtifactError(f"{path}: training curve lacks column(s) {missing} or rows")
-        rid = run_id(path)
+        rid = run_at[path.parent]
         out[rid["env"], rid["scale"], rid["temperature"], rid["seed"]] = df
     return out
 
@@ -183,7 +185,7 @@ def run(ctx: StageContext) -> None:
     cfg, envs, temperatures = ctx.params["aggregate"], ctx.params["envs"], ctx.params["temperatures"]
     returns = pd.concat([read_table(p, RETURNS_SCHEMA).to_pandas() for p in ctx.input_list("returns")],
                         ignore_index=True)
-    curves = read_curves(ctx.input_list("curves"))
+    curves = read_curves(ctx.input_list("curves"), ctx.input_list("returns"))
     summary = summarize(returns, curves, envs, temperatures, cfg["tail_episodes"])
     ctx.write_table("table", pa.Table.from_pylist(summary, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
     metrics = {"baseline": cfg["baseline"], "candidate": cfg["candidate"],

@@ -14,7 +14,7 @@ import torch
 
 from stages.common.artifacts import load_checkpoint
 from stages.common.stage import StageContext
-from stages.decoupled.sac_train import run_id, sac_config
+from stages.decoupled.sac_train import run_of, sac_config
 from stages.envs.control import make_control_env
 from stages.rl.sac import Actor, evaluate, greedy_policy
 
@@ -39,7 +39,7 @@ def eval_reset_seeds(cfg: dict) -> list[int]:
 
 def run(ctx: StageContext) -> None:
     torch.set_num_threads(ctx.threads)
-    rid = run_id(ctx.outputs["returns"])
+    rid = run_of(ctx.wildcards)
     env_cfg, cfg = ctx.params["env"], ctx.params["evaluate"]
     env = make_control_env(env_cfg["id"], rid["scale"], env_cfg.get("max_episode_steps"))
     actor = Actor(env.observation_space.shape[0], env.action_space.low.astype(np.float64),

@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from stages.common.artifacts import read_table
+from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.demp.evaluate import EVAL_SCHEMA, read_curve
-from stages.demp.paths import lambda_index, run_id
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,9 @@ SUMMARY_SCHEMA = pa.schema([
 
 
 def method_of(variant: str) -> tuple[str, int | None]:
-    return variant.split("_l")[0], lambda_index(variant)
+    """dense -> (dense, None); demp_l2 / magnitude_l2 -> (demp / magnitude, 2)."""
+    method, _, index = variant.partition("_l")
+    return method, int(index) if index else None
 
 
 def nan_none(v: float) -> float | None:
@@ -111,9 +111,12 @@ def run(ctx: StageContext) -> None:
                  v["latency_ratio_at_max"])
     ctx.write_json("metrics", result)
 
+    # A curve (CSV, no provenance) belongs to the run whose eval.parquet sits beside it.
+    run_of = {p.parent: read_provenance(p)["wildcards"] for p in ctx.input_list("tables")}
     curves = defaultdict(list)   # (dataset, model) -> [(lambda, steps, live fraction)] of DemP seed runs
     for path in ctx.input_list("curves"):
-        dataset, model, variant, _ = run_id(Path(path))
+        w = run_of[path.parent]
+        dataset, model, variant = w["dataset"], w["model"], w["variant"]
         curve = read_curve(path)
         lam = sweep[model]["lambda_max"][method_of(variant)[1]]
         curves[(dataset, model)].append((lam, [r["step"] for r in curve], [r["live_fraction"] for r in curve]))

@@ -12,8 +12,8 @@ cifar10    user-supplied files in one of three layouts (nothing is downloaded):
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

@@ -3,7 +3,7 @@ and the structured magnitude score of the baseline."""
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -23,7 +23,6 @@ from stages.common.artifacts import load_checkpoint
 from stages.common.stage import StageContext
 from stages.demp import nets
 from stages.demp.data import load_splits
-from stages.demp.paths import run_id
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +99,8 @@ def run(ctx: StageContext) -> None:
     else:
         lat = lat_dense = math.nan
     curve = read_curve(ctx.inputs["curve"])
-    dataset, model_name, variant, seed = run_id(Path(ctx.outputs["table"]))
-    row = {"dataset": dataset, "model": model_name, "variant": variant, "seed": seed,
+    w = ctx.wildcards
+    row = {"dataset": w["dataset"], "model": w["model"], "variant": w["variant"], "seed": int(w["seed"]),
            "test_acc": accuracy(pruned, xt, yt), "units": sum(pruned.widths), "units_full": sum(full.widths),
            "params": nets.n_params(pruned), "params_full": nets.n_params(full),
            "flops": nets.flops(pruned, shape), "flops_full": nets.flops(full, shape),

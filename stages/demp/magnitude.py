@@ -17,7 +17,7 @@ from stages.common.artifacts import load_checkpoint
 from stages.common.stage import StageContext
 from stages.demp import demon, nets
 from stages.demp.data import load_splits
-from stages.demp.train import fit, write_curve
+from stages.demp.train import CURVE_COLUMNS, fit
 
 log = logging.getLogger(__name__)
 
@@ -42,4 +42,4 @@ def run(ctx: StageContext) -> None:
         do_augment=ctx.params["dataset"].get("augment", False),
         progress=lambda it: ctx.progress(it, total=mcfg["finetune_steps"], desc="finetune"))
     ctx.save_checkpoint("model", nets.to_tensors(model, opt_state))
-    write_curve(ctx.outputs["curve"], rows)
+    ctx.write_curve("curve", rows, CURVE_COLUMNS)

@@ -18,7 +18,7 @@ Architectures:
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,7 @@ class SeqNet(nn.Module):
         return [u.lin.out_channels if isinstance(u.lin, nn.Conv2d) else u.lin.out_features
                 for u in self.units]
 
-    def with_widths(self, widths: Sequence[int]) -> "SeqNet":
+    def with_widths(self, widths: Sequence[int]) -> SeqNet:
         n = self.cfg["n_conv"]
         return SeqNet(self.cfg["in_shape"], self.cfg["n_classes"], widths[:n], self.cfg["pool_after"],
                       widths[n:], self.cfg["bn"])
@@ -158,7 +158,7 @@ class ResNet18(nn.Module):
     def widths(self) -> list[int]:
         return [blk.conv1.out_channels for blk in self.blocks]
 
-    def with_widths(self, widths: Sequence[int]) -> "ResNet18":
+    def with_widths(self, widths: Sequence[int]) -> ResNet18:
         return ResNet18(self.cfg["in_shape"], self.cfg["n_classes"], self.cfg["stages"], widths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

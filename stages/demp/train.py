@@ -1,7 +1,7 @@
 """Train one network, dense or with Demon Pruning.
 
-DemP (when the rule passes the `demon` and `sweep` params; lambda_max is the sweep entry named by
-the run folder, demp_l<i>): loss = CE + lambda(t) R(theta) with a one-cycle lambda(t);
+DemP (when the rule passes the `demon` and `sweep` params; lambda_max is entry <i> of the sweep,
+<i> the job's {lam} wildcard, variant demp_l<i>): loss = CE + lambda(t) R(theta) with a one-cycle lambda(t);
 after every optimizer step, Gaussian noise of one-cycle scale sigma(t) on the parameters of live units;
 every `pruning_freq` steps the units that are dead on the probe set are removed for real (weights,
 BN, next layer's inputs, optimizer state) and training goes on with the smaller network.
@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.common.artifacts import atomic_path
 from stages.common.stage import StageContext
 from stages.demp import demon, nets
 from stages.demp.data import load_splits
-from stages.demp.paths import lambda_index, run_id
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +136,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Mapping, criter
     return model, nets.opt_state_by_name(model, opt), rows
 
 
-def write_curve(path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        lines = [",".join(CURVE_COLUMNS)] + [",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c])
-                                                      for c in CURVE_COLUMNS) for r in rows]
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def run(ctx: StageContext) -> None:
     cfg, model_cfg = ctx.params["train"], ctx.params["model"]
     data = load_splits(ctx.inputs["dataset"])
     x, y = data["train"]
     model = nets.build(model_cfg, x.shape[1:], int(y.max()) + 1)
     demp, sweep = ctx.params.get("demon"), ctx.params.get("sweep", {"reg": "l2"})
-    variant = run_id(ctx.outputs["model"])[2]
-    lam_max = sweep["lambda_max"][lambda_index(variant)] if demp else 0.0
+    # the dense rule has no {lam} wildcard and passes no `demon` params
+    variant = f"demp_l{ctx.wildcards['lam']}" if demp else "dense"
+    lam_max = sweep["lambda_max"][int(ctx.wildcards["lam"])] if demp else 0.0
     model, opt_state, rows = fit(
         model, x, y, cfg, ctx.params["criterion"], cfg["steps"], ctx.seed, demp=demp, reg=sweep["reg"],
         lam_max=lam_max, do_augment=ctx.params["dataset"].get("augment", False),
@@ -161,4 +153,4 @@ def run(ctx: StageContext) -> None:
     log.info("%s (lambda_max %g): widths %s, live fraction %.3f, final batch acc %.3f",
              variant, lam_max, model.widths, last["live_fraction"], last["batch_acc"])
     ctx.save_checkpoint("model", nets.to_tensors(model, opt_state))
-    write_curve(ctx.outputs["curve"], rows)
+    ctx.write_curve("curve", rows, CURVE_COLUMNS)

@@ -21,9 +21,9 @@ S >= 2 stems (at least 1).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 from rdkit import Chem

@@ -9,8 +9,8 @@ killed run: it replays each env's current episode from its seed and actions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gymnasium as gym
 import nle  # noqa: F401  (registers the NetHack* ids with gymnasium)
@@ -137,7 +137,7 @@ class NetHackVecEnv:
         slot = self.slots[i]
         slot.seed, slot.actions, slot.max_depth, slot.ext_return = self.seed_fn(k), [], 1, 0.0
         slot.score, slot.turns = 0, 0
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 obs = reset_seeded(slot.env, slot.seed)
                 break

@@ -1,7 +1,8 @@
 """Collect every (system, seed) evaluation into one table, one error-vs-horizon plot and a verdict:
 does periodic reencoding with the validated k beat both no and every-step reencoding at the horizon?
 
-System and seed come from the run folder, results/koopman/{system}/seed{seed}/.
+System and seed are the wildcards recorded in each rollout_error.parquet's provenance; each metrics.json
+(plain JSON, no provenance) is the one written beside it by the same evaluate job.
 """
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import json
 import logging
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.common.artifacts import read_table
+from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.koopman.evaluate import ERRORS_SCHEMA
 
@@ -36,13 +36,6 @@ MODES = ("none", "every", "periodic")
 METRICS = ("mse_report", "mse_final", "mse_mean", "basin_acc")
 
 
-def run_id(path: Path) -> tuple[str, int]:
-    seed_dir = path.parent
-    if not seed_dir.name.startswith("seed"):
-        raise ValueError(f"{path}: expected results/koopman/<system>/seed<n>/...")
-    return seed_dir.parent.name, int(seed_dir.name.removeprefix("seed"))
-
-
 def nan_if_none(value) -> float:
     return math.nan if value is None else float(value)
 
@@ -54,12 +47,11 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows, curves = [], defaultdict(lambda: defaultdict(list))   # curves[system][mode] -> [mse per step]
-    for err_path, met_path in zip(ctx.input_list("errors"), ctx.input_list("metrics"),
-                                  strict=True):
-        system, seed = run_id(met_path)
-        if run_id(err_path) != (system, seed):
-            raise ValueError(f"errors/metrics inputs out of order: {err_path} vs {met_path}")
-        metrics = json.loads(met_path.read_text())
+    metrics_of = {p.parent: p for p in ctx.input_list("metrics")}
+    for err_path in ctx.input_list("errors"):
+        wildcards = read_provenance(err_path)["wildcards"]
+        system, seed = wildcards["system"], int(wildcards["seed"])
+        metrics = json.loads(metrics_of[err_path.parent].read_text())
         for mode in MODES:
             m = metrics["test"][mode]
             rows.append({"system": system, "seed": seed, "mode": mode, "k": m["k"],

@@ -4,7 +4,7 @@ Latents are row vectors, so one step is z @ K.T for a batch z of shape (n, laten
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class KoopmanAE(nn.Module):
         self.register_buffer("dt", torch.tensor(float(dt)))
 
     @classmethod
-    def from_params(cls, state_dim: int, model: Mapping, system: Mapping) -> "KoopmanAE":
+    def from_params(cls, state_dim: int, model: Mapping, system: Mapping) -> KoopmanAE:
         return cls(state_dim, model["latent_dim"], model["hidden"], model["depth"],
                    model["activation"], system["dt"])
 

@@ -11,12 +11,13 @@ import time
 import numpy as np
 import torch
 
-from stages.common.artifacts import atomic_path
 from stages.common.stage import StageContext
 from stages.koopman.model import KoopmanAE, window_losses
 from stages.koopman.simulate import load_splits
 
 log = logging.getLogger(__name__)
+
+CURVE_COLUMNS = ("step", "loss", "recon", "align", "pred")
 
 
 def run(ctx: StageContext) -> None:
@@ -51,14 +52,11 @@ def run(ctx: StageContext) -> None:
         opt.step()
         sched.step()
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            rows.append((step, loss.item(), *(parts[k].item() for k in ("recon", "align", "pred"))))
-            if not np.isfinite(rows[-1][1]):
-                raise FloatingPointError(f"training loss is {rows[-1][1]} at step {step}")
+            rows.append({"step": step, "loss": loss.item(), **{k: v.item() for k, v in parts.items()}})
+            if not np.isfinite(rows[-1]["loss"]):
+                raise FloatingPointError(f"training loss is {rows[-1]['loss']} at step {step}")
     log.info("trained %d steps in %.1f s; final loss %.3g (recon %.3g, align %.3g, pred %.3g)",
-             cfg["steps"], time.perf_counter() - start, *rows[-1][1:])
+             cfg["steps"], time.perf_counter() - start, *(rows[-1][c] for c in CURVE_COLUMNS[1:]))
 
     ctx.save_checkpoint("model", model.state_dict())
-    with atomic_path(ctx.outputs["curve"]) as tmp:
-        lines = ["step,loss,recon,align,pred"] + [f"{s},{a:.6g},{b:.6g},{c:.6g},{e:.6g}"
-                                                  for s, a, b, c, e in rows]
-        tmp.write_text("\n".join(lines) + "\n")
+    ctx.write_curve("curve", rows, CURVE_COLUMNS)

@@ -1,7 +1,8 @@
 """Stage 8, aggregate: one table over seeds (evaluation rows per arm + candidate counts), the verdict of
 each seed, and a plot of the top-k docking scores and proxy predictions per arm and seed.
 
-The seed comes from the run folder, results/lambdazero/seed{seed}/.
+The seed is the wildcard recorded in each evaluation.parquet's provenance; a seed's metrics.json (no
+provenance) is the one beside its table, its candidates.parquet the one recording the same seed.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stages.common.artifacts import read_table
+from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.lambdazero.evaluate import ARMS, SUMMARY_SCHEMA
 from stages.lambdazero.export import CANDIDATES_SCHEMA
@@ -24,10 +25,7 @@ TABLE_SCHEMA = pa.schema([pa.field("seed", pa.int32()), *SUMMARY_SCHEMA,
 
 
 def seed_of(path: Path) -> int:
-    folder = path.parent.name
-    if not folder.startswith("seed"):
-        raise ValueError(f"{path}: expected results/lambdazero/seed<n>/...")
-    return int(folder.removeprefix("seed"))
+    return int(read_provenance(path)["wildcards"]["seed"])
 
 
 def run(ctx: StageContext) -> None:
@@ -37,12 +35,12 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows, verdicts, oracle = [], {}, {}
-    for table_path, metrics_path, cand_path in zip(ctx.input_list("tables"), ctx.input_list("metrics"),
-                                                   ctx.input_list("candidates"), strict=True):
+    metrics_of = {p.parent: p for p in ctx.input_list("metrics")}
+    candidates_of = {seed_of(p): p for p in ctx.input_list("candidates")}
+    for table_path in ctx.input_list("tables"):
         seed = seed_of(table_path)
-        if seed_of(metrics_path) != seed or seed_of(cand_path) != seed:
-            raise ValueError(f"inputs out of order: {table_path}, {metrics_path}, {cand_path}")
-        n_cand = read_table(cand_path, CANDIDATES_SCHEMA).num_rows
+        metrics_path = metrics_of[table_path.parent]
+        n_cand = read_table(candidates_of[seed], CANDIDATES_SCHEMA).num_rows
         rows += [{"seed": seed, **r, "candidates_exported": n_cand}
                  for r in read_table(table_path, SUMMARY_SCHEMA).to_pylist()]
         m = json.loads(metrics_path.read_text())

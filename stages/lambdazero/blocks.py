@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from stages.chem.blocks import (BLOCKS_SCHEMA, BRICS_SOURCE, SEH_FRAG_PROVENANCE, blocks_table,
-                                brics_blocks, nci_smiles, seh_frag_blocks)
+from stages.chem.blocks import (
+    BLOCKS_SCHEMA,
+    BRICS_SOURCE,
+    SEH_FRAG_PROVENANCE,
+    blocks_table,
+    brics_blocks,
+    nci_smiles,
+    seh_frag_blocks,
+)
 from stages.common.stage import StageContext
 
 log = logging.getLogger(__name__)

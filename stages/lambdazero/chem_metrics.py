@@ -2,7 +2,7 @@
 Bemis-Murcko scaffolds, novelty against a reference set, nearest neighbours and Butina clusters."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from rdkit import Chem, DataStructs

@@ -92,7 +92,8 @@ def verdict(summary: dict[str, dict], policy_scores: np.ndarray, random_scores: 
     p_value = (float(mannwhitneyu(policy_scores, random_scores, alternative="less").pvalue)
                if len(policy_scores) and len(random_scores) else float("nan"))
     checks = {
-        "beats_random_on_proxy": pol["mean_proxy_mu"] > rnd["mean_proxy_mu"] and pol["mean_reward"] > rnd["mean_reward"],
+        "beats_random_on_proxy": (pol["mean_proxy_mu"] > rnd["mean_proxy_mu"]
+                                  and pol["mean_reward"] > rnd["mean_reward"]),
         "beats_random_on_topk_docking": bool(pol["topk_mean_score"] < rnd["topk_mean_score"]),
         "topk_passes_gates": pol["topk_gate_pass_rate"] >= min_pass_rate,
     }
@@ -138,7 +139,8 @@ def run(ctx: StageContext) -> None:
                 d = by_index.get(i, {})
                 rows.append({"arm": arm, "smiles": smi, "reward": float(r[i]), "proxy_mu": float(mu[i]),
                              "proxy_sigma": float(sigma[i]), "acquisition": float(acq[i]), "qed": float(c["qed"][i]),
-                             "sa": float(c["sa"][i]), "passes_gates": bool(q_ok[i] and sa_ok[i]), "top_k": i in by_index,
+                             "sa": float(c["sa"][i]), "passes_gates": bool(q_ok[i] and sa_ok[i]),
+                             "top_k": i in by_index,
                              "status": d.get("status", ""), "score": d.get("score"),
                              "inchikey": d.get("inchikey", ""), "pose_sdf": d.get("pose_sdf", ""),
                              "max_sim_to_train": float(max_sim[i])})

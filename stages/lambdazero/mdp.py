@@ -1,8 +1,8 @@
 """The fragment MDP as the PPO environment, and molecules from its terminal states."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from rdkit import Chem

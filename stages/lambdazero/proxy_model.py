@@ -15,8 +15,8 @@ favours molecules predicted to bind well or not known yet.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -146,7 +146,7 @@ class ProxyConfig:
     """UCB exploration weight: a = mu + kappa * sigma."""
 
     @classmethod
-    def from_params(cls, p: dict) -> "ProxyConfig":
+    def from_params(cls, p: dict) -> ProxyConfig:
         return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
 
 
@@ -246,7 +246,7 @@ class ProxyEnsemble:
         return out
 
     @classmethod
-    def from_state_dict(cls, tensors: dict[str, torch.Tensor], cfg: ProxyConfig) -> "ProxyEnsemble":
+    def from_state_dict(cls, tensors: dict[str, torch.Tensor], cfg: ProxyConfig) -> ProxyEnsemble:
         model = cls(cfg)
         for k, net in enumerate(model.nets):
             prefix = f"net{k}."

@@ -19,8 +19,8 @@ Binding term B, two choices (param `reward`):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from rdkit import Chem
@@ -50,7 +50,7 @@ class RewardConfig:
     """Path of the sEH proxy weights (bengio2021flow_proxy.pkl.gz); only read when kind = seh_proxy."""
 
     @classmethod
-    def from_params(cls, p: dict) -> "RewardConfig":
+    def from_params(cls, p: dict) -> RewardConfig:
         return cls(kind=p["kind"], qed_c0=p["qed_gate"][0], qed_c1=p["qed_gate"][1],
                    sa_c0=p["sa_gate"][0], sa_c1=p["sa_gate"][1], dock_offset=p["dock_offset"],
                    dock_scale=p["dock_scale"], seh_weights=p.get("seh_weights", ""))

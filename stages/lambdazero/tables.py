@@ -1,7 +1,7 @@
 """Schemas of the LambdaZero artifacts, and helpers shared by its stages."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa

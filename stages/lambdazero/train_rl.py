@@ -23,7 +23,7 @@ import pyarrow as pa
 from rdkit import Chem
 
 from stages.chem.docking import canonicalize
-from stages.common.artifacts import atomic_path, load_checkpoint, read_table
+from stages.common.artifacts import load_checkpoint, read_table
 from stages.common.stage import StageContext
 from stages.lambdazero.mdp import FragmentEnv, load_mdp, unique_molecules
 from stages.lambdazero.oracle import dock_logged, make_oracle
@@ -115,7 +115,7 @@ def run(ctx: StageContext) -> None:
 
     def log_curve(r):
         def on_update(step, ro, stats):
-            curve.append((step, r, *(stats[k] for k in CURVE_COLUMNS[2:])))
+            curve.append({"step": step, "round": r, **{k: stats[k] for k in CURVE_COLUMNS[2:]}})
         return on_update
 
     with make_oracle(ctx.inputs["receptor"], ctx.inputs["box"], p["dock"], ctx.threads) as oracle:
@@ -170,10 +170,7 @@ def run(ctx: StageContext) -> None:
     ctx.write_table("rounds", pa.Table.from_pylist(round_rows, ROUNDS_SCHEMA), ROUNDS_SCHEMA)
     ctx.write_table("docked", pa.Table.from_pylist(docked, DOCKED_SCHEMA), DOCKED_SCHEMA)
     ctx.write_table("proposals", pa.Table.from_pylist(proposal_rows, PROPOSALS_SCHEMA), PROPOSALS_SCHEMA)
-    with atomic_path(ctx.outputs["curve"]) as tmp:
-        lines = [",".join(CURVE_COLUMNS)] + [",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row)
-                                             for row in curve]
-        tmp.write_text("\n".join(lines) + "\n")
+    ctx.write_curve("curve", curve, CURVE_COLUMNS)
 
 
 def load_policy(path, env: FragmentEnv, ppo_params: dict, seed: int) -> PPO:

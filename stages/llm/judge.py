@@ -9,14 +9,19 @@ pointwise  (for the embedded 135M model, which picks the first slot whatever the
            after a few answered examples. A pair's label compares the two ratings: 1 or 2, or a tie
            (0) when they differ by less than `tie_margin`; a non-finite rating -> unknown.
 Labels: 1 = first message better, 2 = second, 0 = tie, -1 = unknown.
+
+What to prefer (the goal) and how to ask (mode, the pointwise question and examples, tie_margin) are the
+method's judge config (Motif: `motif.judge`), not part of the `llm:` block, which only says which model
+answers and how it samples.
 """
 from __future__ import annotations
 
 import math
 import re
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from stages.llm.backend import LLMBackend, LLMError, Messages
 from stages.llm.cache import AnswerCache, CallStats, cached_generate, cached_margins
@@ -57,6 +62,14 @@ _BARE = re.compile(r"[\W_]*" + _CHOICE + r"[\W_]*", re.I)
 _VALUE = {"1": FIRST, "one": FIRST, "2": SECOND, "two": SECOND}
 
 
+def judge_mode(mode: str, backend: str) -> str:
+    """`pairwise` or `pointwise`; `auto` is pointwise for the local backend (a 135M model picks the
+    first slot whatever the order) and pairwise for the capable ones."""
+    if mode == "auto":
+        return "pointwise" if backend == "local" else "pairwise"
+    return mode
+
+
 def _value(word: str) -> int:
     return _VALUE.get(word.lower(), TIE)
 
@@ -88,7 +101,7 @@ def pointwise_prompt(judge: Mapping[str, Any], goal: str, message: str) -> Messa
     template = judge["pointwise_question"]
     fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
     if not fields <= {"goal", "message"} or "message" not in fields:
-        raise LLMError(f"llm.judge.pointwise_question must use {{message}} (and may use {{goal}}), "
+        raise LLMError(f"judge.pointwise_question must use {{message}} (and may use {{goal}}), "
                        f"found fields {sorted(fields)}")
     turns: Messages = [{"role": "system", "content": SYSTEM_PROMPT.split("\n")[0]}]
     for ex in judge.get("pointwise_examples", []):

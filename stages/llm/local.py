@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from stages.llm.backend import NO_WORDS, YES_WORDS, LLMBackend, LLMError, Messages
 

@@ -17,8 +17,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from stages.llm.backend import NO_WORDS, YES_WORDS, LLMBackend, LLMError, Messages, logsumexp
 
@@ -72,7 +73,7 @@ class OpenAIBackend(LLMBackend):
             if isinstance(exc.reason, (socket.timeout, TimeoutError)):
                 raise _Retryable(f"no answer from {url} within {self.timeout_s} s") from exc
             raise _Retryable(f"cannot reach {url} ({exc.reason}); is the server running?") from exc
-        except (socket.timeout, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise _Retryable(f"no answer from {url} within {self.timeout_s} s") from exc
         except (ConnectionError, http.client.HTTPException) as exc:
             raise _Retryable(f"connection to {url} broke ({exc!r})") from exc

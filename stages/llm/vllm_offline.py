@@ -7,7 +7,8 @@ depends on a top-k cut-off.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from stages.llm.backend import NO_WORDS, YES_WORDS, LLMBackend, LLMError, Messages, logsumexp
 

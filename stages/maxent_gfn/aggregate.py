@@ -1,7 +1,8 @@
 """One row per (grid, objective, seed), the checks of the method note, and a two-panel plot:
 exact L1 over training per objective, and trajectory entropy against its maximum.
 
-Grid, objective and seed come from the run folder, results/maxent_gfn/{grid}/{objective}/seed{seed}/.
+Grid, objective and seed are the wildcards recorded in each terminal_distribution.parquet's provenance (input
+`distributions`); the metrics.json and train_curve.csv of a run (no provenance) are the ones in its folder.
 Checks (per grid, every seed): max-ent GSQL reaches L1 < l1_max, |V(s0) - log Z| < logz_error_max, trajectory
 entropy within entropy_gap_max of the maximum and all modes; naive SQL stays far off (L1 > 10 l1_max);
 TB with a uniform P_B matches the marginal (L1 < l1_max) with a lower entropy than max-ent GSQL.
@@ -11,11 +12,11 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from stages.common.artifacts import read_provenance
 from stages.common.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,6 @@ SUMMARY_SCHEMA = pa.schema([
     ("n_modes", pa.int32()),
     ("mode_mass", pa.float64()),            # P_T(modes); the target's is R(modes)/Z
 ])
-
-
-def run_id(path: Path) -> tuple[str, str, int]:
-    seed_dir = path.parent
-    if not seed_dir.name.startswith("seed"):
-        raise ValueError(f"{path}: expected results/maxent_gfn/<grid>/<objective>/seed<n>/...")
-    return seed_dir.parent.parent.name, seed_dir.parent.name, int(seed_dir.name.removeprefix("seed"))
 
 
 def checks(rows: list[dict], thresholds: dict) -> dict:
@@ -72,15 +66,15 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows, curves = [], defaultdict(list)       # curves[(grid, objective)] -> [(steps, l1)]
-    for met_path, curve_path in zip(ctx.input_list("metrics"), ctx.input_list("curves"),
-                                    strict=True):
-        grid, objective, seed = run_id(met_path)
-        if run_id(curve_path) != (grid, objective, seed):
-            raise ValueError(f"metrics/curves inputs out of order: {met_path} vs {curve_path}")
-        m = json.loads(met_path.read_text())
-        rows.append({"grid": grid, "objective": objective, "seed": seed,
+    metrics_of = {p.parent: p for p in ctx.input_list("metrics")}
+    curve_of = {p.parent: p for p in ctx.input_list("curves")}
+    for dist_path in ctx.input_list("distributions"):
+        w = read_provenance(dist_path)["wildcards"]
+        grid, objective = w["grid"], w["objective"]
+        m = json.loads(metrics_of[dist_path.parent].read_text())
+        rows.append({"grid": grid, "objective": objective, "seed": int(w["seed"]),
                      **{f.name: m[f.name] for f in SUMMARY_SCHEMA if f.name in m}})
-        curve = np.genfromtxt(curve_path, delimiter=",", names=True)
+        curve = np.genfromtxt(curve_of[dist_path.parent], delimiter=",", names=True)
         curves[(grid, objective)].append((curve["step"], curve["l1"]))
     rows.sort(key=lambda r: (r["grid"], r["objective"], r["seed"]))
     ctx.write_table("table", pa.Table.from_pylist(rows, SUMMARY_SCHEMA), SUMMARY_SCHEMA)

@@ -34,7 +34,7 @@ class GFNModel(nn.Module):
         self.log_n_net = mlp(env.ndim * env.height, hidden, depth, 1) if learned_n else None
 
     @classmethod
-    def from_params(cls, env: HyperGrid, model_cfg: dict, objective: dict) -> "GFNModel":
+    def from_params(cls, env: HyperGrid, model_cfg: dict, objective: dict) -> GFNModel:
         return cls(env, model_cfg["hidden"], model_cfg["depth"], objective["backward"] == "learned_n")
 
     def forward(self, x: torch.Tensor, dedupe: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

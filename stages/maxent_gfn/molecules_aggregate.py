@@ -1,6 +1,8 @@
 """One row per (objective, seed) of the fragment-molecule runs, a check, and a plot: correlation of the
 policy's exact log P(x) with beta log r(x) on the shared test set, and the reward of its samples.
-Check: max-ent GSQL correlates better than naive soft Q-learning (which samples ~ n(x) R(x))."""
+Check: max-ent GSQL correlates better than naive soft Q-learning (which samples ~ n(x) R(x)).
+The objective and seed are the wildcards recorded in each run's samples.parquet (input `samples`); its
+metrics.json (no provenance) is the one beside it."""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from stages.common.artifacts import read_provenance
 from stages.common.stage import StageContext
 
 COLUMNS = ("pearson_logp_logr", "spearman_logp_logr", "v_s0", "mean_reward", "top10_unique_mean_reward",
@@ -23,10 +26,12 @@ def run(ctx: StageContext) -> None:
     import matplotlib.pyplot as plt
 
     rows = []
-    for path in ctx.input_list("metrics"):
-        m = json.loads(path.read_text())
-        rows.append({"objective": path.parent.parent.name, "backward": m["objective"]["backward"],
-                     "seed": m["seed"], **{c: m[c] for c in COLUMNS}})
+    metrics_of = {p.parent: p for p in ctx.input_list("metrics")}
+    for path in ctx.input_list("samples"):
+        w = read_provenance(path)["wildcards"]
+        m = json.loads(metrics_of[path.parent].read_text())
+        rows.append({"objective": w["mol_objective"], "backward": m["objective"]["backward"],
+                     "seed": int(w["seed"]), **{c: m[c] for c in COLUMNS}})
     rows.sort(key=lambda r: (r["objective"], r["seed"]))
     ctx.write_table("table", pa.Table.from_pylist(rows, SCHEMA), SCHEMA)
 

@@ -55,6 +55,8 @@ use rule stage as maxent_gfn_aggregate with:
                        objective=MAXENT_OBJECTIVES, seed=MAXENT_SEEDS),
         curves=expand(rules.maxent_gfn_train.output.curve, grid=MAXENT_GRIDS,
                       objective=MAXENT_OBJECTIVES, seed=MAXENT_SEEDS),
+        distributions=expand(rules.maxent_gfn_evaluate.output.distribution, grid=MAXENT_GRIDS,
+                             objective=MAXENT_OBJECTIVES, seed=MAXENT_SEEDS),
     output:
         table="results/maxent_gfn/summary.parquet",
         table_csv=report("results/maxent_gfn/summary.csv", category="Max-ent GFlowNets"),
@@ -103,6 +105,8 @@ use rule stage as maxent_gfn_molecules_aggregate with:
     input:
         code=code_inputs("maxent_gfn.molecules_aggregate"),
         metrics=expand(rules.maxent_gfn_molecules.output.metrics, mol_objective=MAXENT_MOL_OBJECTIVES,
+                       seed=MAXENT_MOL["seeds"]),
+        samples=expand(rules.maxent_gfn_molecules.output.samples, mol_objective=MAXENT_MOL_OBJECTIVES,
                        seed=MAXENT_MOL["seeds"]),
     output:
         table="results/maxent_gfn/molecules/summary.parquet",

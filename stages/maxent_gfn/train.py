@@ -23,7 +23,6 @@ import time
 import numpy as np
 import torch
 
-from stages.common.artifacts import atomic_path
 from stages.common.stage import StageContext
 from stages.envs.hypergrid import HyperGrid
 from stages.maxent_gfn.model import GFNModel, sample
@@ -94,8 +93,8 @@ def exact_metrics(model: GFNModel, loss_kind: str) -> tuple[float, float]:
 
 
 def train(env: HyperGrid, model_cfg: dict, objective: dict, cfg: dict, seed: int,
-          progress=lambda it, **kw: it) -> tuple[GFNModel, list[tuple], float]:
-    """The whole training run; returns the model, the curve rows and seconds per iteration."""
+          progress=lambda it, **kw: it) -> tuple[GFNModel, list[dict], float]:
+    """The whole training run; returns the model, the curve rows (CURVE_COLUMNS) and seconds per iteration."""
     if objective["backward"] == "none" and objective["loss"] != "sql":
         raise ValueError("backward 'none' (no P_B correction) only makes sense with loss 'sql'")
     torch.manual_seed(seed)
@@ -122,10 +121,10 @@ def train(env: HyperGrid, model_cfg: dict, objective: dict, cfg: dict, seed: int
         seen[env.index(batch.terminal)] = True
         if step % cfg["eval_every"] == 0 or step == iters:
             l1, logz_err = exact_metrics(model, objective["loss"])
-            rows.append((step, loss.item(), l1, logz_err, int((seen & env.mode_mask).sum()),
-                         int(seen.sum())))
-            if not np.isfinite(rows[-1][1]):
-                raise FloatingPointError(f"loss is {rows[-1][1]} at iteration {step}")
+            rows.append({"step": step, "loss": loss.item(), "l1": l1, "logz_error": logz_err,
+                         "modes_found": int((seen & env.mode_mask).sum()), "states_visited": int(seen.sum())})
+            if not np.isfinite(rows[-1]["loss"]):
+                raise FloatingPointError(f"loss is {rows[-1]['loss']} at iteration {step}")
     return model, rows, train_seconds / iters
 
 
@@ -133,13 +132,10 @@ def run(ctx: StageContext) -> None:
     env = make_env(ctx.params["grid"])
     objective, cfg = ctx.params["objective"], ctx.params["train"]
     model, rows, sec_per_it = train(env, ctx.params["model"], objective, cfg, ctx.seed, ctx.progress)
-    step, loss, l1, logz_err, modes, visited = rows[-1]
+    last = rows[-1]
     log.info("%s/%s on %dD H=%d: %d iterations, %.2f ms per iteration (sampling + loss + update, "
              "exact evaluations excluded); exact L1 %.4f, |logZ err| %.4f, modes %d/%d",
-             objective["loss"], objective["backward"], env.ndim, env.height, step, 1e3 * sec_per_it,
-             l1, logz_err, modes, int(env.mode_mask.sum()))
+             objective["loss"], objective["backward"], env.ndim, env.height, last["step"], 1e3 * sec_per_it,
+             last["l1"], last["logz_error"], last["modes_found"], int(env.mode_mask.sum()))
     ctx.save_checkpoint("model", model.state_dict())
-    with atomic_path(ctx.outputs["curve"]) as tmp:
-        lines = [",".join(CURVE_COLUMNS)] + [
-            f"{s},{lo:.6g},{a:.6g},{b:.6g},{m},{v}" for s, lo, a, b, m, v in rows]
-        tmp.write_text("\n".join(lines) + "\n")
+    ctx.write_curve("curve", rows, CURVE_COLUMNS)

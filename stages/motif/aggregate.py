@@ -2,8 +2,9 @@
 agreement with the annotator, a four-panel plot, and the method note's check as a verdict (reported,
 not asserted): does the intrinsic-only agent beat the random policy on mean score or mean depth?
 
-Agent and seed come from the paths results/motif/eval/<agent>/seed<n>/episodes.parquet and
-results/motif/rl/<agent>/seed<n>/curve.csv.
+Agent and seed are the wildcards in each artifact's provenance: an episodes.parquet's own, a curve.csv's
+(plain CSV, no provenance) those of the policy checkpoint written beside it by the same train_rl job
+(input `policies`). The random policy's evaluation has no policy input and, in its rule, no {agent}.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages.common.artifacts import read_table
+from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.motif.evaluate import EPISODES_SCHEMA
 
@@ -30,11 +31,14 @@ SUMMARY_SCHEMA = pa.schema([
     ("intrinsic_return_mean", pa.float64()), ("crashed", pa.int32())])
 
 
-def run_id(path: Path) -> tuple[str, int]:
-    seed_dir = path.parent
-    if not seed_dir.name.startswith("seed"):
-        raise ValueError(f"{path}: expected .../<agent>/seed<n>/{path.name}")
-    return seed_dir.parent.name, int(seed_dir.name.removeprefix("seed"))
+def run_id(artifact: Path) -> tuple[str, int]:
+    """(agent, seed) of the job that wrote `artifact` (Parquet or checkpoint), from its provenance."""
+    prov = read_provenance(artifact)
+    wildcards = prov["wildcards"]
+    agent = wildcards.get("agent") or ("random" if "policy" not in prov["inputs"] else None)
+    if agent is None or "seed" not in wildcards:
+        raise ValueError(f"{artifact}: provenance names no agent and seed (wildcards {wildcards})")
+    return agent, int(wildcards["seed"])
 
 
 def sem(x: np.ndarray) -> float:
@@ -109,8 +113,9 @@ def run(ctx: StageContext) -> None:
                capsize=3)
         ax.set(title=f"held-out: {title}", ylabel=title)
     ax = axes.flat[3]
+    policy_of = {p.parent: p for p in ctx.input_list("policies")}
     for path in ctx.input_list("curves"):
-        agent, seed = run_id(path)
+        agent, seed = run_id(policy_of[path.parent])
         curve = pd.read_csv(path)
         score = curve.score.astype(float).ffill().rolling(10, min_periods=1).mean()
         ax.plot(curve.step, score, label=f"{agent} s{seed}")

@@ -7,7 +7,8 @@ masked out of reward training), with the judge mode, the model, the ratings (poi
 cache hits, the time the backend took to get ready (load, or a first conversion; 0 when the cache
 answered everything) and pairs/s without it.
 
-Params: `llm` (the llm block, stages/llm/config.schema.yaml), `goal` (the goal string), `annotate`:
+Params: `llm` (which model answers: stages/llm/config.schema.yaml), `judge` (what to prefer and how to
+ask: goal, mode, pointwise question and examples, tie_margin; motif.judge in params.schema.yaml), `annotate`:
 cache_dir (default data/llm_cache: outside results/, so answers survive `snakemake --forcerun` and
 rule changes), flush_every (default 64 new answers), recover_cache (default false: an unreadable cache
 part stops the run; true moves it aside and re-asks its answers).
@@ -21,9 +22,9 @@ import pyarrow as pa
 
 from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
-from stages.llm.backend import LazyBackend, judge_mode
 from stages.llm.cache import AnswerCache, CallStats
-from stages.llm.judge import FIRST, SECOND, TIE, UNKNOWN, PairJudgement, judge_pairwise, judge_pointwise
+from stages.llm.factory import LazyBackend
+from stages.llm.judge import FIRST, SECOND, TIE, UNKNOWN, PairJudgement, judge_mode, judge_pairwise, judge_pointwise
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ ANNOTATIONS_SCHEMA = pa.schema([
 DEFAULTS = {"cache_dir": "data/llm_cache", "flush_every": 64, "recover_cache": False}
 
 
-def annotate(pairs: pa.Table, llm: dict, goal: str, opts: dict, progress=None,
+def annotate(pairs: pa.Table, llm: dict, judge: dict, opts: dict, progress=None,
              backend=None) -> tuple[pa.Table, dict]:
     """Label every pair; returns the annotations table and the metrics. `backend` overrides the one
     the llm block names (tests pass doubles)."""
     opts = {**DEFAULTS, **(opts or {})}
-    mode = judge_mode(llm)
+    mode, goal = judge_mode(judge["mode"], llm["backend"]), judge["goal"]
     ids = pairs.column("pair_id").to_pylist()
     a_msgs, b_msgs = pairs.column("message_a").to_pylist(), pairs.column("message_b").to_pylist()
     identical = [bool(t) or a == b for t, a, b in zip(pairs.column("tie").to_pylist(), a_msgs, b_msgs)]
@@ -74,7 +75,7 @@ def annotate(pairs: pa.Table, llm: dict, goal: str, opts: dict, progress=None,
                 judged = judge_pairwise(backend, cache, goal, to_judge, llm["sampling"], llm["batch_size"],
                                         stats, tick)
             else:
-                judged, ratings = judge_pointwise(backend, cache, goal, to_judge, llm["judge"],
+                judged, ratings = judge_pointwise(backend, cache, goal, to_judge, judge,
                                                   llm["batch_size"], stats, tick)
                 n_captions = len(ratings)
         if bar is not None:
@@ -115,7 +116,7 @@ def annotate(pairs: pa.Table, llm: dict, goal: str, opts: dict, progress=None,
 
 def run(ctx: StageContext) -> None:
     pairs = read_table(ctx.inputs["pairs"], PAIRS_INPUT)
-    table, metrics = annotate(pairs, ctx.params["llm"], ctx.params["goal"], ctx.params.get("annotate", {}),
+    table, metrics = annotate(pairs, ctx.params["llm"], ctx.params["judge"], ctx.params.get("annotate", {}),
                               progress=ctx.progress)
     log.info("annotated %d pairs (%s, %s): %s; %d model calls, %d cache hits, %.1f s",
              metrics["pairs"], metrics["judge_mode"], metrics["model_id"], metrics["labels"],

@@ -3,16 +3,17 @@ the blstats fields later stages read, the extrinsic reward and the episode struc
 
 Row `step` 0 of an episode is the observation after reset (action -1, reward 0); row t > 0 follows the
 t-th action. NLE zeroes blstats (and the message) in the observation that ends a game, so the last row of
-an episode that died has zero stats; read score and depth from the row before it. Episodes use seeds of the "train" split (stream `collect.seed`), so evaluation levels are
-never collected. The policy is uniform random or a train_rl checkpoint (input `policy`). An episode whose
-NLE core raises is logged, marked `crashed` and ended; collection goes on with a rebuilt env. The loop
+an episode that died has zero stats; read score and depth from the row before it. Episodes use seeds of
+the "train" split (stream `collect.seed`), so evaluation levels are never collected. The policy is uniform
+random or a train_rl checkpoint (input `policy`). An episode whose NLE core raises is logged, marked
+`crashed` and ended; collection goes on with a rebuilt env (a reset that raises skips its seed). The loop
 only copies the raw message bytes and blstats into preallocated arrays; decoding happens once at the end
 (bench/motif_collect_speed.py checks the overhead against bare env.step).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +30,7 @@ STEPS_SCHEMA = pa.schema(
      ("message", pa.string()), ("reward", pa.float32()), ("done", pa.bool_()), ("crashed", pa.bool_())]
     + [(name, pa.int32()) for name in BLSTATS])
 N_ACTIONS = 23   # NetHackScore's action set (nle.env.tasks.TASK_ACTIONS)
+MAX_FAILED_RESETS = 5   # consecutive crashed resets (each with a rebuilt env) before giving up
 
 
 def collect(n_steps: int, seed_fn: Callable[[int], int], actor: PolicyActor,
@@ -39,16 +41,21 @@ def collect(n_steps: int, seed_fn: Callable[[int], int], actor: PolicyActor,
     starts, ends, seeds, crashed = [], [], [], []
     # a random policy's actions are drawn up front: one RNG call instead of one per step
     drawn = actor.rng.integers(actor.n_actions, size=n_steps).tolist() if actor.agent is None else None
-    env, ep = make(), 0
+    env, ep, failed_resets = make(), 0, 0
     while len(msgs) < n_steps:
-        seeds.append(seed_fn(ep))
+        seed = seed_fn(ep)
+        ep += 1   # a seed whose reset crashed is skipped, not retried: NLE would likely crash again
         try:
-            obs = reset_seeded(env, seeds[ep])
-        except Exception:  # noqa: BLE001  NLE raises assorted errors from its C core
-            log.exception("NLE reset crashed (episode %d, seed %d); skipped", ep, seeds[ep])
-            env, ep = make(), ep + 1
-            seeds.pop()
+            obs = reset_seeded(env, seed)
+        except Exception as exc:  # noqa: BLE001  NLE raises assorted errors from its C core
+            log.exception("NLE reset crashed (seed %d); seed skipped", seed)
+            failed_resets += 1
+            if failed_resets == MAX_FAILED_RESETS:
+                raise RuntimeError(f"NLE reset crashed {failed_resets} times in a row") from exc
+            env = make()
             continue
+        failed_resets = 0
+        seeds.append(seed)
         starts.append(len(msgs))
         crashed.append(False)
         msgs.append(obs["message"].tobytes())
@@ -59,8 +66,8 @@ def collect(n_steps: int, seed_fn: Callable[[int], int], actor: PolicyActor,
             try:
                 obs, r, term, trunc, _ = env.step(a)
             except Exception:  # noqa: BLE001
-                log.exception("NLE step crashed (episode %d, seed %d, step %d); episode marked crashed",
-                              ep, seeds[ep], len(msgs) - starts[-1])
+                log.exception("NLE step crashed (seed %d, step %d); episode marked crashed",
+                              seed, len(msgs) - starts[-1])
                 crashed[-1] = True
                 ends.append(len(msgs) - 1)
                 env = make()
@@ -72,7 +79,6 @@ def collect(n_steps: int, seed_fn: Callable[[int], int], actor: PolicyActor,
             if term or trunc:
                 ends.append(len(msgs) - 1)
                 break
-        ep += 1
     env.close()
 
     n = len(msgs)

@@ -38,7 +38,7 @@ def evaluate(actor: PolicyActor, seeds: list[int], reward_model: RewardModel | N
     rows = []
     for first in range(0, len(seeds), parallel):
         chunk = seeds[first:first + parallel]
-        venv = NetHackVecEnv(len(chunk), lambda k: chunk[k % len(chunk)], max_episode_steps)
+        venv = NetHackVecEnv(len(chunk), lambda k, chunk=chunk: chunk[k % len(chunk)], max_episode_steps)
         motif = MotifReward(reward_model, len(chunk), 0.0, 1.0 if reward_model else 0.0,
                             intrinsic["threshold_quantile"], intrinsic["beta"])
         obs = venv.reset()

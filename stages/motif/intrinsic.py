@@ -43,16 +43,13 @@ class EpisodeMessageCounts:
                 out[i] = self.counts[i][m]
         return out
 
-    def replay(self, env_index: int, messages: list[str]) -> None:
-        """Rebuild env `env_index`'s counts from the messages of its current episode (resume)."""
-        self.counts[env_index] = Counter(m for m in messages if m)
-
     def end_episode(self, env_index: int) -> None:
         self.counts[env_index].clear()
 
 
 class MotifReward:
-    """The whole per-step reward for a vector of envs; `reward_model` may be None when a_int = 0."""
+    """The whole per-step reward for a vector of envs (a stages.rl.ppo_nethack.StepReward);
+    `reward_model` may be None when a_int = 0."""
 
     def __init__(self, reward_model: RewardModel | None, n_envs: int, a_ext: float, a_int: float,
                  threshold_quantile: float, beta: float):
@@ -77,3 +74,14 @@ class MotifReward:
         for i in np.flatnonzero(dones):
             self.counts.end_episode(int(i))
         return combined_reward(r_ext, r_int, self.a_ext, self.a_int), r_int
+
+    def state_dict(self) -> dict:
+        """Per-env message counts of the current episodes (resume), and the reward model's score cache,
+        which only spares recomputation: a score does not depend on what is cached."""
+        return {"counts": [dict(c) for c in self.counts.counts],
+                "cache": dict(self.model.cache) if self.model is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts.counts = [Counter(c) for c in state["counts"]]
+        if self.model is not None:
+            self.model.cache = dict(state["cache"])

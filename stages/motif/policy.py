@@ -69,7 +69,7 @@ class Agent(nn.Module):
         self.critic = _init(nn.Linear(hidden, 1), 1.0)
 
     @classmethod
-    def from_params(cls, n_actions: int, cfg: dict) -> "Agent":
+    def from_params(cls, n_actions: int, cfg: dict) -> Agent:
         return cls(n_actions, cfg["crop"], cfg["embed_dim"], cfg["hidden"])
 
     def hidden(self, crops: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:

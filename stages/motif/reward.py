@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from stages.common.artifacts import atomic_path, read_table
+from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.motif.pairs import PAIRS_SCHEMA
 from stages.motif.reward_model import CaptionRewardNet, encode, trim
@@ -69,7 +69,7 @@ def score_all(net: CaptionRewardNet, codes: torch.Tensor, batch: int = 1024) -> 
 
 def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, model_cfg: dict,
                        cfg: dict, seed: int, progress=lambda it, **kw: it
-                       ) -> tuple[CaptionRewardNet, dict, list[tuple]]:
+                       ) -> tuple[CaptionRewardNet, dict, list[dict]]:
     """Fit r_phi on labelled pairs (labels in {0, 1, 2}); returns the net, held-out results, curve."""
     labels = np.asarray(labels)
     if len(labels) < 2:
@@ -106,14 +106,14 @@ def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, m
         r_all = score_all(net, codes)
         held_loss = preference_loss(torch.from_numpy(r_all[ia[test]]), torch.from_numpy(r_all[ib[test]]),
                                     y_t[test]).item()
-        curve.append((epoch, float(np.mean(losses)), held_loss,
-                      agreement(r_all[ia[test]], r_all[ib[test]], labels[test])))
+        curve.append({"step": epoch, "train_loss": float(np.mean(losses)), "heldout_loss": held_loss,
+                      "heldout_agreement": agreement(r_all[ia[test]], r_all[ib[test]], labels[test])})
     r_all = score_all(net, codes)
     result = {"n_train": int(len(train)), "n_heldout": int(len(test)),
               "heldout_decided": int(np.isin(labels[test], [1, 2]).sum()),
               "heldout_agreement": agreement(r_all[ia[test]], r_all[ib[test]], labels[test]),
               "train_agreement": agreement(r_all[ia[train]], r_all[ib[train]], labels[train]),
-              "heldout_loss": curve[-1][2], "distinct_captions": len(vocab)}
+              "heldout_loss": curve[-1]["heldout_loss"], "distinct_captions": len(vocab)}
     return net, result, curve
 
 
@@ -177,9 +177,7 @@ def run(ctx: StageContext) -> None:
                "mean": mean, "std": std, "probe_rewards_normalized": probes,
                "probes_progress_above_walls": bool(good > bad)}
     ctx.write_json("metrics", metrics)
-    with atomic_path(ctx.outputs["curve"]) as tmp:
-        tmp.write_text("\n".join([",".join(CURVE_COLUMNS)] + [
-            f"{e},{a:.6g},{b:.6g},{c:.6g}" for e, a, b, c in curve]) + "\n")
+    ctx.write_curve("curve", curve, CURVE_COLUMNS)
     log.info("reward model: held-out agreement %.3f on %d decided pairs (train %.3f); top: %s; "
              "bottom: %s", result["heldout_agreement"], result["heldout_decided"],
              result["train_agreement"], [rows[i]["message"] for i in range(min(3, k))],

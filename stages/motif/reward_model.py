@@ -43,7 +43,7 @@ class CaptionRewardNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     @classmethod
-    def from_params(cls, cfg: dict) -> "CaptionRewardNet":
+    def from_params(cls, cfg: dict) -> CaptionRewardNet:
         return cls(cfg["max_len"], cfg["embed_dim"], cfg["channels"], cfg["kernel"], cfg["hidden"])
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class RewardModel:
         self.cache: dict[str, float] = {}
 
     @classmethod
-    def load(cls, model_path: str | Path, stats_path: str | Path, **kwargs) -> "RewardModel":
+    def load(cls, model_path: str | Path, stats_path: str | Path, **kwargs) -> RewardModel:
         stats = json.loads(Path(stats_path).read_text())
         net = CaptionRewardNet.from_params(stats["model"])
         net.load_state_dict(load_checkpoint(model_path, expected_keys=list(net.state_dict())))

@@ -48,7 +48,7 @@ use rule stage as motif_annotate with:
         annotations="data/motif/annotations.parquet",
         metrics="results/motif/annotate_metrics.json",
     params:
-        **stage_params(config, "motif.annotate", llm="motif.llm", goal="motif.goal",
+        **stage_params(config, "motif.annotate", llm="motif.llm", judge="motif.judge",
                        annotate="motif.annotate"),
     log:
         "logs/motif/annotate.log",
@@ -147,6 +147,7 @@ use rule stage as motif_aggregate with:
         episodes=expand(f"{MOTIF_EVAL}/episodes.parquet", agent=["random"] + MOTIF_AGENTS,
                         seed=MOTIF_SEEDS),
         curves=expand(rules.motif_train_rl.output.curve, agent=MOTIF_AGENTS, seed=MOTIF_SEEDS),
+        policies=expand(rules.motif_train_rl.output.policy, agent=MOTIF_AGENTS, seed=MOTIF_SEEDS),
         reward_metrics=rules.motif_reward.output.metrics,
     output:
         table="results/motif/summary.parquet",

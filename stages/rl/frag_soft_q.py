@@ -12,8 +12,8 @@ exploration over the legal actions, as in the hypergrid trainer (stages/maxent_g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -12,7 +12,6 @@ import torch
 from stages.chem.blocks import seh_frag_blocks
 from stages.chem.seh_proxy import load_seh_proxy, seh_task_reward
 from stages.envs.fragments import FragmentMDP
-from stages.common.artifacts import write_csv
 from stages.rl.frag_soft_q import CachedReward, FragSoftQConfig, likelihood_metrics, sample_metrics, train
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,6 @@ def train_and_save(ctx, config: FragSoftQConfig, likelihood: bool, **extra) -> d
     metrics.update(extra, seed=ctx.seed, final_loss=curve[-1]["loss"], molecules_scored=len(reward.cache))
     ctx.save_checkpoint("model", agent.q.state_dict())
     ctx.write_table("samples", pa.Table.from_pylist(rows, SAMPLES_SCHEMA), SAMPLES_SCHEMA)
-    write_csv(ctx.outputs["curve"], pa.Table.from_pylist(curve))
+    ctx.write_curve("curve", curve)
     ctx.write_json("metrics", metrics)
     return metrics

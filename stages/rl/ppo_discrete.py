@@ -14,8 +14,9 @@ An environment is anything with
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class PPOConfig:
     """Safety cap on episode length: an episode still running after this many steps is an error."""
 
     @classmethod
-    def from_params(cls, p: dict) -> "PPOConfig":
+    def from_params(cls, p: dict) -> PPOConfig:
         unknown = set(p) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown PPO hyperparameter(s) {sorted(unknown)}")

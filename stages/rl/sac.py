@@ -23,8 +23,8 @@ torch.Generator whose state is checkpointed, so a run is deterministic for a see
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class SACConfig:
     """One gradient update (critics, actor, temperature) every this many environment steps."""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SACConfig":
+    def from_dict(cls, d: dict) -> SACConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown SAC setting(s) {sorted(unknown)}")
@@ -82,7 +82,7 @@ class TemperatureConfig:
     """H_min = d * log(min_width): the entropy of a box of side min_width per dimension."""
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TemperatureConfig":
+    def from_dict(cls, d: dict) -> TemperatureConfig:
         cfg = cls(**d)
         if cfg.kind not in TEMPERATURE_KINDS:
             raise ValueError(f"temperature kind '{cfg.kind}' is not one of {TEMPERATURE_KINDS}")
@@ -350,7 +350,7 @@ class Progress:
                 "progress.rows": table.reshape(len(self.rows), len(CURVE_COLUMNS))}
 
     @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor]) -> "Progress":
+    def from_state(cls, tensors: dict[str, torch.Tensor]) -> Progress:
         rows = [{c: (int(v) if c in ("step", "episode", "length", "updates") else float(v))
                  for c, v in zip(CURVE_COLUMNS, row)} for row in tensors["progress.rows"].tolist()]
         return cls(int(tensors["progress.step"]), int(tensors["progress.episode"]), rows)

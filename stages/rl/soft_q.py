@@ -59,7 +59,7 @@ def soft_value_iteration(next_state: np.ndarray, reward: float | np.ndarray, tau
 
     tau = np.asarray(tau, dtype=np.float64)[:, None]
     v = np.zeros(len(next_state))
-    for sweep in range(1, max_iters + 1):
+    for sweep in range(1, max_iters + 1):  # noqa: B007 - returned after the loop
         q = reward + gamma * v[next_state]
         new = np.where(absorbing, 0.0, tau[:, 0] * logsumexp(q / tau, axis=1))
         delta = np.max(np.abs(new - v))
