@@ -1,4 +1,4 @@
-"""Command line: `python -m stages {run,list,show,summary,dvc,profile,new,validate}`."""
+"""Command line: `python -m stages {run,list,show,summary,dvc,profile,new,validate,sandbox}`."""
 from __future__ import annotations
 
 import argparse
@@ -56,25 +56,25 @@ def cmd_summary(args) -> int:
     pd.set_option("display.max_colwidth", 70)
     claims, missing = [], []
     for method in method_dirs():
-        path = ROOT / "results" / method.name / "claims.parquet"
-        if path.exists():
-            claims.append(pd.read_parquet(path))
-        else:
+        # a method with several aggregates keeps one claims file per aggregate under results/<method>/
+        paths = sorted((ROOT / "results" / method.name).glob("**/claims.parquet"))
+        claims += [pd.read_parquet(p) for p in paths]
+        if not paths:
             missing.append(method.name)
     if claims:
         table = pd.concat(claims, ignore_index=True)
         table["interval"] = [f"[{lo:.3g}, {hi:.3g}]" for lo, hi in zip(table.ci_low, table.ci_high)]
         table["holds"] = table.holds.map({True: "yes", False: "NO"})
         cols = ["method", "claim", "effect", "interval", "n", "unit", "test", "p_value", "holds"]
-        print("== claims (effect, 95% interval, n units, one-sided test)")
+        print("== claims (effect, its confidence interval, n units, test; holds = test and interval agree)")
         print(table[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     for name in missing:
         print(f"== {name}: no claims yet (build with `snakemake {name}_all`)")
-    if args.tables:
-        for method in method_dirs():
+    for method in method_dirs():
+        if args.tables or method.name in missing:
             path = ROOT / "results" / method.name / "summary.parquet"
             if path.exists():
-                print(f"== {method.name} summary\n{pd.read_parquet(path).to_string(index=False)}")
+                print(f"== {method.name} summary table\n{pd.read_parquet(path).to_string(index=False)}")
     return 0
 
 
@@ -148,15 +148,25 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_sandbox(argv: list[str]) -> int:
+    """Run a Python file under MaestroMotif's sandbox (checks + limits); non-zero exit on refusal."""
+    from stages.maestromotif.sandbox import main as run_sandbox
+
+    return run_sandbox(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
         from stages.common.stage import main as run_stage
 
         return run_stage(argv[1:])
+    if argv[:1] == ["sandbox"]:
+        return cmd_sandbox(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m stages", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="run one stage (what Snakemake and DVC call)")
+    sub.add_parser("sandbox", help="run FILE.py under the sandbox for LLM-written code (maestromotif)")
     sub.add_parser("list", help="methods, their stages and targets").set_defaults(fn=cmd_list)
     show = sub.add_parser("show", help="one artifact: schema, provenance, first rows")
     show.add_argument("path")

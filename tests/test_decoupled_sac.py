@@ -4,6 +4,7 @@ import math
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -255,7 +256,7 @@ def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(
 
     sac_aggregate.run(stage_ctx(
         "decoupled.sac_aggregate", tmp_path, {"table": "summary.parquet", "plot": "plot.png",
-                                              "metrics": "metrics.json"},
+                                              "metrics": "metrics.json", "claims": "claims.parquet"},
         inputs={"returns": returns, "curves": curves}, envs="decoupled.sac.envs",
         temperatures="decoupled.sac.temperatures", aggregate="decoupled.sac.aggregate"))
     summary = pq.read_table(tmp_path / "summary.parquet").to_pylist()
@@ -266,9 +267,85 @@ def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(
     assert small["auto"]["target_entropy_unit"] == pytest.approx(-1 - math.log(0.1))
     import json
     verdicts = json.loads((tmp_path / "metrics.json").read_text())["envs"]["pendulum"]["verdicts"]
-    assert verdicts["candidate_temperature_lower_at_small_scale"] is True
-    assert {"mechanism_shown", "candidate_returns_vary_less_across_scales"} <= set(verdicts)
+    claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
+    # one seed per cell: every claim is a row, none is shown, and metrics.json says the same
+    assert len(claims) == 9 and all(c["n"] == 1 and not c["holds"] for c in claims)
+    assert all(c["detail"].startswith("not shown") for c in claims)
+    assert verdicts["n_seeds"] == 1 and not verdicts["mechanism_shown"]
+    assert verdicts["candidate_temperature_lower_at_small_scale"] is False
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def synthetic_sweep(auto_small_return=-1300.0, seeds=(0, 1, 2)):
+    """Returns and curves of a 2-scale sweep that behaves like the default-scale run: at s = 0.1 the -d
+    target's temperature explodes, its policy is uniform and it fails; the decoupled one does not."""
+    rows, curves = [], {}
+    rng = np.random.default_rng(0)
+    for temp in ("auto", "decoupled"):
+        for scale in (0.1, 1.0):
+            for seed in seeds:
+                bad = temp == "auto" and scale == 0.1
+                for ep in range(4):
+                    ret = (auto_small_return if bad else -130.0) + rng.normal(0, 5) + 10 * ep
+                    rows.append({"env": "pendulum", "temperature": temp, "scale": scale, "seed": seed,
+                                 "episode": ep, "return": ret, "action_dim": 1})
+                curves["pendulum", scale, temp, seed] = pd.DataFrame({
+                    "temperature": [1.0, 1e3 * (1 + seed) if bad else 0.08], "entropy_unit": [
+                        0.5, 0.68 - 0.01 * seed if bad else -0.2 - 0.05 * seed]})
+    return pd.DataFrame(rows), curves
+
+
+def test_sweep_claims_use_the_seed_as_unit_and_pair_the_targets():
+    returns, curves = synthetic_sweep()
+    claims = sac_aggregate.claim_rows("pendulum", returns, curves, TINY["aggregate"] | {"tail_episodes": 1},
+                                      TINY["temperatures"], fail_below=-400.0, uniform_entropy=math.log(2))
+    assert all(c["n"] == 3 for c in claims.values())
+    for name in ("baseline_temperature_rises_at_small_scale", "candidate_temperature_lower_at_small_scale",
+                 "baseline_entropy_near_uniform_at_small_scale", "candidate_entropy_below_uniform_at_small_scale",
+                 "baseline_fails_at_small_scale", "candidate_returns_more_at_s0.1",
+                 "candidate_returns_vary_less_across_scales", "candidate_fewer_failures"):
+        assert claims[name]["holds"], name
+    assert not claims["candidate_returns_more_at_s1"]["holds"]      # same return at s = 1
+    # the effect of "returns more" is the mean over seeds of the per-seed mean difference
+    per_seed = returns.groupby(["temperature", "scale", "seed"])["return"].mean()
+    want = np.mean([per_seed["decoupled", 0.1, s] - per_seed["auto", 0.1, s] for s in (0, 1, 2)])
+    assert claims["candidate_returns_more_at_s0.1"]["effect"] == pytest.approx(want)
+    # a -d target that does not fail at s = 0.1 breaks the failure and spread claims
+    returns, curves = synthetic_sweep(auto_small_return=-135.0)
+    claims = sac_aggregate.claim_rows("pendulum", returns, curves, TINY["aggregate"] | {"tail_episodes": 1},
+                                      TINY["temperatures"], fail_below=-400.0, uniform_entropy=math.log(2))
+    assert not claims["baseline_fails_at_small_scale"]["holds"]
+    assert not claims["candidate_returns_vary_less_across_scales"]["holds"]
+
+
+class QuadraticBandit(gym.Env):
+    """One-step task with a known optimum: observe x ~ U[-1, 1], act a in [-1, 1], reward -(a - x/2)^2,
+    so the best action is x / 2 and the best return 0."""
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1)
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action):
+        return np.array([self.x], np.float32), -float((action[0] - self.x / 2) ** 2), True, False, {}
+
+
+def test_sac_learns_the_optimal_action_of_a_quadratic_bandit():
+    torch.set_num_threads(1)
+    env = QuadraticBandit()
+    agent = SAC(1, env.action_space.low, env.action_space.high,
+                SACConfig(hidden=32, batch_size=64, learning_starts=100, buffer_size=2000, lr_pi=3e-3, lr_q=3e-3),
+                TemperatureConfig(kind="fixed", tau=1e-3), seed=0)
+    untrained = evaluate(env, greedy_policy(agent.actor), list(range(50)))
+    train(env, agent, 500, seed=0)               # 400 updates
+    xs = np.linspace(-1, 1, 9, dtype=np.float32)[:, None]
+    actions = agent.actor.mode(torch.from_numpy(xs)).detach().numpy()
+    np.testing.assert_allclose(actions, xs / 2, atol=0.1)
+    trained = evaluate(env, greedy_policy(agent.actor), list(range(50)))
+    assert np.mean([e["return"] for e in trained]) > -0.005 > np.mean([e["return"] for e in untrained])
 
 
 def test_run_identity_comes_from_the_wildcards_and_a_bad_scale_names_the_problem():

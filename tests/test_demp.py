@@ -1,7 +1,9 @@
 """DemP: dead-unit criterion, real structural pruning (outputs and optimizer state preserved), the
 one-cycle schedule, asymmetric noise, the CIFAR-10 loaders on generated samples, and the tiny chain."""
+import json
 import math
 import pickle
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -174,10 +176,26 @@ def test_global_allocation_keeps_the_total_and_every_layer():
     assert demon.global_widths(scores, 6) == [2, 4]
 
 
-def test_latency_is_measured_for_each_model():
-    model, _ = trained(MLP, SHAPE["seq_mlp"])
-    ms = latency_ms([model, model], torch.randn(8, *SHAPE["seq_mlp"]), repeats=3)
-    assert len(ms) == 2 and all(m > 0 for m in ms)
+class Sleeper(torch.nn.Module):
+    """A 'network' whose forward pass takes a known time and logs who ran when."""
+
+    def __init__(self, name, ms, calls):
+        super().__init__()
+        self.name, self.ms, self.calls = name, ms, calls
+
+    def forward(self, x):
+        self.calls.append(self.name)
+        time.sleep(self.ms / 1e3)
+        return x
+
+
+def test_latency_is_the_median_forward_time_with_the_models_taking_turns():
+    calls = []
+    fast, slow = Sleeper("fast", 5.0, calls), Sleeper("slow", 20.0, calls)
+    ms = latency_ms([fast, slow], torch.zeros(1), repeats=5, warmup=1)
+    assert calls == ["fast", "slow"] + ["fast", "slow"] * 5     # warm-up, then interleaved repeats
+    assert ms[0] >= 5.0 and ms[1] >= 20.0                       # a sleep is never shorter than asked
+    assert 2.0 < ms[1] / ms[0] < 5.0, ms                         # medians: one load spike does not move them
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -302,12 +320,48 @@ def test_tiny_chain_in_process_takes_run_identity_from_wildcards(tmp_path):
     prune_and_evaluate(mag, "magnitude_l0")
     run(aggregate, {"sweep": "sweep", "aggregate": "aggregate"},
         {"tables": [f / "eval.parquet" for f in (dense, demp, mag)], "curves": [demp / "curve.csv"]},
-        {"table": tmp_path / "summary.parquet", "plot": tmp_path / "tradeoff.png", "metrics": tmp_path / "m.json"})
+        {"table": tmp_path / "summary.parquet", "plot": tmp_path / "tradeoff.png", "metrics": tmp_path / "m.json",
+         "claims": tmp_path / "claims.parquet"})
     summary = pq.read_table(tmp_path / "summary.parquet").to_pylist()
     assert [(r["dataset"], r["model"], r["variant"], r["method"]) for r in summary] == [
         ("synthetic", "convnet", v, v.split("_l")[0]) for v in ("dense", "demp_l0", "magnitude_l0")]
     assert summary[1]["lambda_max"] == get("demp.sweep.convnet.lambda_max")[0]
     assert summary[1]["units"] == summary[2]["units"], "magnitude is pruned to DemP's widths"
+    claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
+    assert [c["metric"].split(",")[0] for c in claims] == ["test accuracy", "test accuracy", "latency"]
+    assert all(c["n"] <= 1 and not c["holds"] and c["detail"].startswith("not shown") for c in claims)
+    assert "latency not measured" in claims[2]["detail"]          # the tiny profile skips timing
+    point = json.loads((tmp_path / "m.json").read_text())["synthetic/convnet"]
+    assert point["demp_wins"] == 0 and point["max_removed_within_tol"] == 0.0    # one seed shows nothing
+
+
+def eval_rows(acc: dict, removed=0.5, latency=(0.5, 0.6, 0.55)) -> list[dict]:
+    """Per-seed evaluation rows of one (dataset, model) with one sweep point."""
+    out = []
+    for variant, accs in acc.items():
+        for seed, a in enumerate(accs):
+            out.append({"dataset": "digits", "model": "mlp", "variant": variant, "seed": seed, "test_acc": a,
+                        "removed_fraction": 0.0 if variant == "dense" else removed,
+                        "latency_ratio": latency[seed] if variant == "demp_l0" else 1.0})
+    return out
+
+
+def test_claims_pair_variants_by_seed_and_test_dense_within_the_tolerance():
+    from stages.demp.aggregate import claim_rows
+
+    sweep = {"mlp": {"lambda_max": [0.03]}}
+    rows = eval_rows({"dense": [0.980, 0.990, 0.985], "demp_l0": [0.978, 0.987, 0.984],
+                      "magnitude_l0": [0.960, 0.975, 0.970]})
+    within, beats, faster = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
+    assert within["effect"] == pytest.approx(-0.002) and within["holds"]       # 0.2 points below dense, tol 1
+    assert beats["effect"] == pytest.approx(np.mean([0.018, 0.012, 0.014])) and beats["holds"]
+    assert faster["effect"] == pytest.approx(0.55) and faster["holds"] and faster["n"] == 3
+    assert "digits/mlp, lambda_max 0.03 (50% of units removed)" in within["claim"]
+    # 3 points below dense: outside a 1-point tolerance, and magnitude wins in one seed of three
+    rows = eval_rows({"dense": [0.980, 0.990, 0.985], "demp_l0": [0.950, 0.960, 0.955],
+                      "magnitude_l0": [0.940, 0.965, 0.950]})
+    within, beats, _ = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
+    assert not within["holds"] and not beats["holds"]
 
 
 def test_method_of_a_variant():
@@ -338,3 +392,5 @@ def test_tiny_demp_chain_builds(tmp_path, env):
     assert all(w["pruned"] <= w["trained"] <= w["full"] for w in widths)
     assert (tmp_path / "results/demp/tradeoff.png").stat().st_size > 0
     assert math.isnan(demp_row["latency_ratio"]), "the tiny profile skips timing (deterministic)"
+    claims = pq.read_table(tmp_path / "results/demp/claims.parquet").to_pylist()
+    assert len(claims) == 3 and {c["method"] for c in claims} == {"demp"}

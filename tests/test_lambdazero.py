@@ -204,7 +204,9 @@ def small_params(**over) -> dict:
     return p
 
 
-def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, monkeypatch):
+def run_active_learning(tmp_path, monkeypatch, p: dict) -> tuple[FakeOracle, list[str], dict]:
+    """train_rl on the seh_frag blocks (2 per molecule) from 6 fake-docked random molecules; returns the
+    oracle, the initial SMILES and every input path evaluate needs."""
     fake = FakeOracle()
     monkeypatch.setattr(train_rl, "make_oracle", lambda *a, **k: fake)
     blocks = tmp_path / "blocks.parquet"
@@ -217,7 +219,6 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
 
     initial = docked_rows(FakeOracle().dock(init_smiles), "initial", 0)
     write_table(tmp_path / "init.parquet", pa.Table.from_pylist(initial, DOCKED_SCHEMA), DOCKED_SCHEMA)
-    p = small_params()
     proxy = ProxyEnsemble(ProxyConfig.from_params(p["proxy"]))
     proxy.fit([Chem.MolFromSmiles(s) for s in init_smiles], [-r["score"] for r in initial], seed=0)
     save_checkpoint(tmp_path / "proxy0.safetensors", proxy.state_dict(), {})
@@ -228,6 +229,14 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
                                              "proxy": tmp_path / "proxy0.safetensors"},
                   outs)
     train_rl.run(ctx)
+    return fake, init_smiles, {"blocks": blocks, "receptor": blocks, "box": blocks,
+                               **{k: tmp_path / v for k, v in outs.items() if k in ("policy", "proxy", "docked",
+                                                                                    "rounds")}}
+
+
+def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, monkeypatch):
+    p = small_params()
+    fake, init_smiles, _ = run_active_learning(tmp_path, monkeypatch, p)
     docked = read_table(tmp_path / "docked.parquet", DOCKED_SCHEMA).to_pylist()
     rounds = read_table(tmp_path / "rounds.parquet", train_rl.ROUNDS_SCHEMA).to_pylist()
     assert len(fake.asked) == len(set(fake.asked)) and not set(fake.asked) & set(init_smiles)
@@ -246,6 +255,54 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
         chosen = [x["reward"] for x in mine if x["selected"]]
         others = [x["reward"] for x in mine if not x["selected"]]
         assert not others or min(chosen) >= max(others)
+
+
+def test_evaluate_scores_three_arms_docks_their_top_k_and_counts_only_new_docking(tmp_path, monkeypatch):
+    from stages.lambdazero import evaluate
+    from stages.lambdazero.evaluate import ARMS, MOLECULES_SCHEMA
+
+    p = small_params()
+    _, init_smiles, inputs = run_active_learning(tmp_path, monkeypatch, p)
+    trained = read_table(inputs["docked"], DOCKED_SCHEMA).to_pylist()
+    fake = FakeOracle()
+    monkeypatch.setattr(evaluate, "make_oracle", lambda *a, **k: fake)
+    top_k = 4
+    p = {**p, "evaluate": {"n_samples": 12, "top_k": top_k, "novelty_threshold": 0.4, "min_topk_pass_rate": 0.8},
+         "filters": {"qed_min": 0.5, "sa_max": 4.0}}
+    outs = {"molecules": "molecules.parquet", "table": "evaluation.parquet", "plot": "evaluation.png",
+            "metrics": "metrics.json"}
+    evaluate.run(ctx_for(tmp_path, "evaluate", p, inputs, outs))
+
+    mols = pd.DataFrame(read_table(tmp_path / "molecules.parquet", MOLECULES_SCHEMA).to_pylist())
+    assert list(dict.fromkeys(mols.arm)) == list(ARMS)
+    assert sorted(mols[mols.arm == "initial"].smiles) == sorted(set(init_smiles))
+    queried = {train_rl.canonical(r["smiles"]) for r in trained}
+    asked, new = [], {}
+    for arm in ARMS:
+        mine = mols[mols.arm == arm]
+        assert mine.smiles.is_unique
+        top = mine[mine.top_k].sort_values("reward", ascending=False, kind="stable")   # docking order
+        assert len(top) == min(top_k, len(mine))
+        assert top.reward.min() >= np.max(mine[~mine.top_k].reward.to_numpy(), initial=-np.inf)   # the k best
+        keys = [train_rl.canonical(s) for s in top.smiles]
+        assert list(top.score) == pytest.approx([-Chem.MolFromSmiles(k).GetNumAtoms() / 3 for k in keys])
+        asked += keys
+        new[arm] = sum(k not in queried for k in keys)
+        queried.update(keys)
+    # every top-k goes through the (caching) oracle; only molecules never docked before count as new
+    assert fake.asked == asked
+    assert new["initial"] == 0 and new["random"] > 0
+    assert (mols[mols.arm == "initial"].max_sim_to_train == 1.0).all()    # all in the proxy's training set
+    summary = {r["arm"]: r for r in read_table(tmp_path / "evaluation.parquet").to_pylist()}
+    assert {a: summary[a]["topk_docked_new"] for a in ARMS} == new
+    assert summary["initial"]["novelty"] == 0.0
+    assert summary["policy"]["topk_mean_score"] == pytest.approx(mols[(mols.arm == "policy") & mols.top_k].score.mean())
+    import json
+
+    oracle = json.loads((tmp_path / "metrics.json").read_text())["oracle"]
+    assert oracle["queries_training"] == len({r["smiles"] for r in trained})
+    assert oracle["queries_evaluate"] == sum(new.values())
+    assert oracle["queries_total"] == oracle["queries_training"] + sum(new.values())
 
 
 # --- set metrics and the verdict --------------------------------------------------------------------
@@ -376,13 +433,41 @@ def test_aggregate_takes_each_seed_from_the_provenance_of_its_inputs(tmp_path):
         tables.append(run / "evaluation.parquet")
         metrics.append(run / "metrics.json")
         candidates.insert(0, cand)
-    aggregate.run(ctx_for(tmp_path, "aggregate", {}, {"tables": tables, "metrics": metrics, "candidates": candidates},
-                          {"table": "summary.parquet", "plot": "summary.png", "metrics": "summary.json"}))
+    aggregate.run(ctx_for(tmp_path, "aggregate", {"evaluate": {"min_topk_pass_rate": 0.8}},
+                          {"tables": tables, "metrics": metrics, "candidates": candidates},
+                          {"table": "summary.parquet", "plot": "summary.png", "metrics": "summary.json",
+                           "claims": "claims.parquet"}))
     summary = read_table(tmp_path / "summary.parquet").to_pylist()
     assert [(r["seed"], r["arm"]) for r in summary] == [(s, a) for s in (3, 7) for a in ARMS]
     assert {r["seed"]: r["candidates_exported"] for r in summary} == {3: 0, 7: 2}
     import json
-    assert json.loads((tmp_path / "summary.json").read_text())["verdict_holds_in"] == "1/2 seeds"
+    # both arms score 1 in both seeds: no effect on proxy or docking, whatever each seed's own verdict
+    # said; every top-k passes the gates (1 > 0.8 in both seeds)
+    metrics = json.loads((tmp_path / "summary.json").read_text())
+    assert metrics["claims_hold"] == "1/3" and metrics["holds"] is False and metrics["seeds"] == 2
+    assert {k: v["holds"] for k, v in metrics["claims"].items()} == {
+        "beats_random_on_proxy": False, "beats_random_on_topk_docking": False, "topk_passes_gates": True}
+    claims = read_table(tmp_path / "claims.parquet").to_pylist()
+    assert [(c["n"], c["effect"]) for c in claims] == [(2, 0.0), (2, 0.0), (2, 1.0)]
+
+
+def test_claims_compare_policy_and_random_paired_by_seed():
+    from stages.lambdazero.aggregate import claim_rows
+
+    rows = [{"seed": s, "arm": arm, "mean_proxy_mu": mu, "topk_mean_score": score, "topk_gate_pass_rate": rate}
+            for s, per_arm in enumerate((
+                {"policy": (8.7, -9.0, 0.83), "random": (5.4, -7.8, 0.88)},
+                {"policy": (8.1, -8.6, 1.00), "random": (5.2, -7.6, 0.75)},
+                {"policy": (8.9, -9.4, 0.90), "random": (5.5, -7.9, 0.80)}))
+            for arm, (mu, score, rate) in per_arm.items()]
+    claims = claim_rows(rows, min_pass_rate=0.8)
+    assert claims["beats_random_on_proxy"]["effect"] == pytest.approx(np.mean([3.3, 2.9, 3.4]))
+    assert claims["beats_random_on_proxy"]["holds"] and "in-sample" in claims["beats_random_on_proxy"]["detail"]
+    assert claims["beats_random_on_topk_docking"]["effect"] == pytest.approx(np.mean([-1.2, -1.0, -1.5]))
+    assert claims["beats_random_on_topk_docking"]["holds"] and claims["beats_random_on_topk_docking"]["n"] == 3
+    assert not claims["topk_passes_gates"]["holds"]       # 0.91 on average over 3 seeds: p = 0.08
+    one_seed = claim_rows([r for r in rows if r["seed"] == 0], min_pass_rate=0.8)
+    assert all(c["n"] == 1 and c["detail"].startswith("not shown") for c in one_seed.values())
 
 
 # --- real docking through the stages ----------------------------------------------------------------

@@ -4,6 +4,7 @@ convergence to a known answer (GSQL with max-ent P_B matches R/Z; naive soft Q-l
 import json
 import math
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -220,13 +221,45 @@ def test_tiny_chain_aggregates_runs_by_the_wildcards_in_their_provenance(tmp_pat
                        "metrics": [r / "metrics.json" for r in order],
                        "curves": [r / "train_curve.csv" for r in order]},
                       {"table": tmp_path / "summary.parquet", "plot": tmp_path / "plot.png",
-                       "metrics": tmp_path / "summary.json"}))
+                       "metrics": tmp_path / "summary.json", "claims": tmp_path / "claims.parquet"}))
     rows = pq.read_table(tmp_path / "summary.parquet").to_pylist()
     assert [(r["grid"], r["objective"], r["seed"], r["loss"]) for r in rows] == [
         ("d2h8", "naive_sql", 0, "sql"), ("d2h8", "tb", 0, "tb")]
     for r in rows:
         assert r["l1"] == json.loads((runs[r["objective"]] / "metrics.json").read_text())["l1"]
-    assert set(json.loads((tmp_path / "summary.json").read_text())["d2h8"]["objectives"]) == {"tb", "naive_sql"}
+    grid = json.loads((tmp_path / "summary.json").read_text())["d2h8"]
+    assert set(grid["objectives"]) == {"tb", "naive_sql"}
+    # TB gets "matches R/Z", naive SQL "misses R/Z"; one seed shows neither
+    claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
+    assert [c["metric"] for c in claims] == ["exact L1 to R/Z (null: 10 l1_max)", "exact L1 to R/Z (null: l1_max)"]
+    assert all(c["n"] == 1 and not c["holds"] and c["detail"].startswith("not shown") for c in claims)
+    assert grid["checks"] == {"naive_sql_misses_target": False, "tb_l1": False} and not grid["all_checks_pass"]
+
+
+def grid_rows(values: dict) -> list[dict]:
+    """Per-seed rows of one grid: {objective: (backward, [(l1, entropy, logz_error) per seed])}."""
+    return [{"grid": "g", "objective": o, "seed": s, "backward": b, "l1": l1, "trajectory_entropy": h,
+             "max_trajectory_entropy": 6.0346, "logz_error": z}
+            for o, (b, per_seed) in values.items() for s, (l1, h, z) in enumerate(per_seed)]
+
+
+THRESHOLDS = {"l1_max": 0.02, "logz_error_max": 0.05, "entropy_gap_max": 0.05}
+
+
+def test_grid_claims_on_three_seeds_follow_the_thresholds():
+    rows = grid_rows({
+        "gsql_maxent_pb": ("maxent", [(6e-5, 6.0340, 4e-6), (9e-5, 6.0331, 1e-5), (7e-5, 6.0344, 3e-6)]),
+        "tb": ("uniform", [(1e-6, 5.7066, 1e-6), (2e-6, 5.7060, 1e-6), (1e-6, 5.7070, 1e-6)]),
+        "naive_sql": ("none", [(1.50, 8.99, 5.75), (1.48, 8.97, 5.7), (1.52, 9.0, 5.8)]),
+    })
+    claims = aggregate.claim_rows("g", rows, THRESHOLDS)
+    assert set(claims) == {"gsql_maxent_pb_l1", "gsql_maxent_pb_entropy", "gsql_maxent_pb_logz", "tb_l1",
+                           "tb_lower_entropy", "naive_sql_misses_target"}
+    assert all(c["holds"] and c["n"] == 3 for c in claims.values())
+    assert claims["tb_lower_entropy"]["effect"] == pytest.approx(np.mean([0.3274, 0.3271, 0.3274]))
+    # a max-ent run whose entropy falls short in one seed of three: the entropy claim fails
+    rows[1]["trajectory_entropy"] = 5.9
+    assert not aggregate.claim_rows("g", rows, THRESHOLDS)["gsql_maxent_pb_entropy"]["holds"]
 
 
 def test_molecules_aggregate_takes_objective_and_seed_from_the_samples_provenance(tmp_path):
@@ -247,12 +280,29 @@ def test_molecules_aggregate_takes_objective_and_seed_from_the_samples_provenanc
     molecules_aggregate.run(StageContext(
         stage="maxent_gfn.molecules_aggregate", params={}, param_keys={},
         inputs={"samples": samples, "metrics": metrics},
-        outputs={n: tmp_path / f for n, f in (("table", "s.parquet"), ("plot", "p.png"), ("metrics", "m.json"))}))
+        outputs={n: tmp_path / f for n, f in (("table", "s.parquet"), ("plot", "p.png"), ("metrics", "m.json"),
+                                              ("claims", "c.parquet"))}))
     rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
     assert [(r["objective"], r["backward"], r["seed"]) for r in rows] == [
         ("gsql_maxent_pb", "maxent", 5), ("naive_sql", "none", 5)]
     checks = json.loads((tmp_path / "m.json").read_text())["checks"]
-    assert checks == {"gsql_maxent_correlates_better_than_naive": True}
+    assert checks == {"gsql_maxent_pb_correlates_better_than_naive_sql": False}   # one seed: not shown
+    claim = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
+    assert claim["effect"] == pytest.approx(0.7) and claim["n"] == 1 and claim["detail"].startswith("not shown")
+
+
+def test_molecule_claims_pair_objectives_by_seed():
+    from stages.maxent_gfn.molecules_aggregate import claim_rows
+
+    pearson = {"gsql_maxent_pb": ("maxent", [0.28, 0.31, 0.30]), "gsql_uniform_pb": ("uniform", [0.34, 0.30, 0.35]),
+               "naive_sql": ("none", [0.19, 0.22, 0.20])}
+    rows = [{"objective": o, "backward": b, "seed": s, "pearson_logp_logr": v}
+            for o, (b, vs) in pearson.items() for s, v in enumerate(vs)]
+    claims = claim_rows(rows)
+    assert claims["gsql_maxent_pb_correlates_better_than_naive_sql"]["holds"]
+    assert claims["gsql_uniform_pb_correlates_better_than_naive_sql"]["holds"]
+    better = claims["gsql_maxent_pb_correlates_better_than_gsql_uniform_pb"]
+    assert better["effect"] == pytest.approx(-0.1 / 3) and not better["holds"]
 
 
 def _get(params: dict, dotted: str):

@@ -4,6 +4,7 @@ import json
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -192,6 +193,26 @@ def test_soft_targets_follow_the_labels():
     assert soft_targets(np.array([1, 2, 0])).tolist() == [0.0, 1.0, 0.5]
 
 
+def test_weighted_stats_known_answer():
+    from stages.motif.reward import weighted_stats
+
+    values, counts = np.array([3.0, 1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0, 4.0])
+    mean, std, q = weighted_stats(values, counts)
+    # as if 4.0 had been seen four times: mean 22/7, population std over the 7 sightings
+    sample = np.array([3.0, 1.0, 2.0, 4.0, 4.0, 4.0, 4.0])
+    assert mean == pytest.approx(22 / 7)
+    assert std == pytest.approx(np.sqrt(((3 - 22 / 7) ** 2 + (1 - 22 / 7) ** 2 + (2 - 22 / 7) ** 2
+                                         + 4 * (4 - 22 / 7) ** 2) / 7)) == pytest.approx(sample.std())
+    # quantiles of the normalized values: the smallest z whose weight share reaches q (cdf 1/7, 2/7, 3/7, 1)
+    z = (np.sort(sample) - mean) / std
+    assert q["0.05"] == pytest.approx(z[0]) and q["0.25"] == pytest.approx(z[1])
+    assert q["0.40"] == pytest.approx(z[2]) and q["0.45"] == pytest.approx(z[3]) == q["0.95"]
+    for name, value in q.items():
+        assert value == pytest.approx(np.quantile(z, float(name), method="inverted_cdf"))
+    # one repeated value: std falls back to 1 instead of dividing by zero
+    assert weighted_stats(np.array([2.0, 2.0]), np.array([1.0, 3.0]))[:2] == (2.0, 1.0)
+
+
 def test_reward_stage_skips_masked_labels_and_writes_its_artifacts(tmp_path):
     from stages.motif.reward import run
 
@@ -220,7 +241,9 @@ def test_reward_stage_skips_masked_labels_and_writes_its_artifacts(tmp_path):
     assert len(q) == 19 and q == sorted(q) and stats["std"] > 0 and stats["model"] == REWARD_MODEL
     top = pq.read_table(outs["messages"]).to_pandas()
     assert list(top.kind) == ["top"] * 4 + ["bottom"] * 4
-    assert top.reward_normalized.iloc[0] >= top.reward_normalized.iloc[4]
+    # the annotator preferred gold: the stage's reward model puts gold captions on top and none at the bottom
+    assert top[top.kind == "top"].message.str.contains("gold").all(), top
+    assert not top[top.kind == "bottom"].message.str.contains("gold").any(), top
     assert outs["curve"].read_text().splitlines()[0] == "step,train_loss,heldout_loss,heldout_agreement"
     loaded = RewardModel.load(outs["model"], outs["stats"])
     assert loaded.threshold(0.5) == stats["quantiles"]["0.50"]
@@ -294,6 +317,62 @@ def run_ppo(path, stop_after=None, model=None):
     reward = MotifReward(model or tiny_reward_model(), cfg.num_envs, 0.1, 0.1, 0.05, 3.0)
     return train(cfg, POLICY, reward, seed=7, max_episode_steps=40, resume=ResumeState(path, RUN),
                  stop_after=stop_after)
+
+
+class CaptionBandit(gym.Env):
+    """A stand-in for NetHack with a known optimum for Motif's reward: every action but two leaves the
+    message empty; action GOLD says "You find 3 gold pieces." (normalized reward 1 > eps), action WALL
+    "It's a wall." (-0.5 < eps, pays nothing). With beta = 0 the best policy earns 1 intrinsic per step,
+    a uniform one 1/23."""
+    GOLD, WALL, LENGTH = 7, 3, 16
+    observation_space = gym.spaces.Dict({})
+    action_space = gym.spaces.Discrete(N_ACTIONS)
+
+    @property
+    def unwrapped(self):
+        return self
+
+    def seed(self, core=None, disp=None, reseed=False):
+        pass
+
+    def _obs(self, message: str) -> dict:
+        chars = np.full((21, 79), ord("."), np.uint8)
+        chars[5, 10] = ord("@")
+        blstats = np.zeros(27, np.int64)
+        blstats[[BLSTATS["x"], BLSTATS["y"], BLSTATS["hp"], BLSTATS["hp_max"], BLSTATS["depth"]]] = [10, 5, 10, 10, 1]
+        raw = np.zeros(256, np.uint8)
+        raw[:len(message)] = np.frombuffer(message.encode(), np.uint8)
+        return {"chars": chars, "blstats": blstats, "message": raw}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(""), {}
+
+    def step(self, action):
+        self.t += 1
+        message = {self.GOLD: "You find 3 gold pieces.", self.WALL: "It's a wall."}.get(int(action), "")
+        return self._obs(message), 0.0, False, self.t >= self.LENGTH, {}
+
+
+def test_ppo_raises_a_toy_intrinsic_reward_to_its_optimum():
+    from functools import partial
+
+    from stages.motif.policy import Agent, features
+    from stages.rl.ppo_nethack import train as ppo_train
+
+    cfg = PPOConfig.from_dict({**TINY_PPO, "total_steps": 20 * 64, "learning_rate": 3e-3, "anneal_lr": False,
+                               "update_epochs": 4, "ent_coef": 0.0, "gamma": 0.9, "clip_coef": 0.2})
+    judge = FixedRewards({"You find 3 gold pieces.": 1.0, "It's a wall.": -0.5})   # eps = 0.2
+    reward = MotifReward(judge, cfg.num_envs, a_ext=0.0, a_int=1.0, threshold_quantile=0.5, beta=0.0)
+    torch.set_num_threads(1)
+    agent, curve, _ = ppo_train(cfg, partial(Agent.from_params, N_ACTIONS, POLICY), partial(features, crop=5),
+                                reward, seed=0, max_episode_steps=None, make_env=CaptionBandit)
+    per_step = [row["intrinsic_per_step"] for row in curve]
+    assert len(per_step) == 20 and per_step[0] < 0.15                 # uniform start: ~1/23
+    assert np.mean(per_step[-5:]) > 0.9, per_step                        # near the optimum, 1 (~0.98)
+    with torch.no_grad():
+        logits, _ = agent(*features([CaptionBandit()._obs("")], crop=5))
+    assert logits.argmax().item() == CaptionBandit.GOLD
 
 
 def test_ppo_config_has_no_defaults_and_rejects_unknown_keys():
@@ -376,13 +455,45 @@ def test_evaluate_plays_the_requested_held_out_episodes():
     assert all(1 <= r["steps"] <= 30 and r["max_depth"] >= 1 and r["turns"] >= 1 for r in rows)
 
 
-@pytest.mark.parametrize("intrinsic_mean, clear", [(33.3, False), (60.0, True)])
-def test_verdict_asks_two_standard_errors_before_calling_a_score_gain_clear(intrinsic_mean, clear):
-    from stages.motif.aggregate import verdict
+def seed_episodes(per_seed: dict[str, list[float]], quantity="score") -> dict:
+    """{(agent, seed): episodes} with 2 held-out episodes per seed whose mean `quantity` is given."""
+    out = {}
+    for agent, means in per_seed.items():
+        for seed, m in enumerate(means):
+            df = pd.DataFrame({"score": [m - 5, m + 5], "max_depth": [1, 1], "steps": [100, 300],
+                               "intrinsic_return": [10.0, 30.0]})
+            df[quantity] = [m - 5, m + 5]
+            out[agent, seed] = df
+    return out
 
-    agent = {"max_depth_mean": 1.1, "score_sem": 5.0}
-    v = verdict({"intrinsic": {**agent, "score_mean": intrinsic_mean}, "random": {**agent, "score_mean": 32.9}})
-    assert v["intrinsic_beats_random_score"] and v["intrinsic_beats_random_score_by_2se"] is clear
+
+def test_agent_claims_average_episodes_per_seed_and_pair_the_seeds():
+    from stages.motif.aggregate import claim_rows
+
+    # the default-scale numbers: combined beats extrinsic in every seed, intrinsic = random on average
+    episodes = seed_episodes({"random": [37.4, 30.0, 31.3], "extrinsic": [31.0, 30.5, 34.2],
+                              "intrinsic": [44.6, 27.0, 28.3], "combined": [43.5, 42.9, 45.0]})
+    claims = claim_rows(episodes, {})
+    assert claims["combined_beats_extrinsic_score"]["effect"] == pytest.approx(np.mean([12.5, 12.4, 10.8]))
+    assert claims["combined_beats_extrinsic_score"]["holds"] and claims["combined_beats_extrinsic_score"]["n"] == 3
+    assert claims["intrinsic_beats_random_score"]["effect"] == pytest.approx(0.4)
+    assert not claims["intrinsic_beats_random_score"]["holds"]
+    # the intrinsic reward per step: 40 / 400 steps in every episode set here
+    assert claims["intrinsic_raises_intrinsic_per_step"]["effect"] == pytest.approx(0.0)
+
+
+def test_reward_model_claims_count_held_out_pairs_and_probe_captions():
+    from stages.motif.aggregate import claim_rows
+    from stages.motif.reward import PROBES_BAD, PROBES_GOOD
+
+    probes = {**{m: 2.0 + i for i, m in enumerate(PROBES_GOOD)},
+              **{m: -0.5 - 0.1 * i for i, m in enumerate(PROBES_BAD)}}
+    claims = claim_rows({}, {"heldout_agreement": 0.947, "heldout_decided": 599, "probe_rewards_normalized": probes})
+    agree = claims["reward_model_agrees_with_judge"]
+    assert agree["n"] == 599 and agree["effect"] == pytest.approx(567 / 599) and agree["holds"]
+    assert agree["unit"] == "held-out caption pair" and agree["test"] == "exact binomial"
+    ranks = claims["reward_model_ranks_progress_above_walls"]
+    assert ranks["effect"] == pytest.approx(3.5 + 0.6) and ranks["holds"] and ranks["unit"] == "probe caption"
 
 
 def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
@@ -408,11 +519,18 @@ def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
     (tmp_path / "z/curve.csv").write_text("step,score\n64,1.0\n128,2.0\n")
     (tmp_path / "reward.json").write_text(json.dumps({"heldout_agreement": 0.8}))
     outs = {"table": tmp_path / "summary.parquet", "table_csv": tmp_path / "summary.csv",
-            "plot": tmp_path / "agents.png", "metrics": tmp_path / "metrics.json"}
+            "plot": tmp_path / "agents.png", "metrics": tmp_path / "metrics.json",
+            "claims": tmp_path / "claims.parquet"}
     run(StageContext("motif.aggregate", {}, {}, {"episodes": [trained, random],
                                                  "curves": [tmp_path / "z/curve.csv"],
                                                  "policies": [tmp_path / "z/policy.safetensors"],
                                                  "reward_metrics": tmp_path / "reward.json"}, outs))
     rows = pq.read_table(outs["table"]).to_pylist()
     assert [(r["agent"], r["seed"], r["score_mean"]) for r in rows] == [("random", 4, 11.0), ("intrinsic", 4, 51.0)]
-    assert json.loads(outs["metrics"].read_text())["verdict"]["intrinsic_beats_random_score"]
+    # one seed: the score gain is measured (40) but not shown, and metrics.json says so
+    claims = {c["metric"]: c for c in pq.read_table(outs["claims"]).to_pylist()}
+    score = claims["score (mean over held-out episodes), intrinsic minus random"]
+    assert score["effect"] == 40.0 and score["n"] == 1 and not score["holds"]
+    verdict = json.loads(outs["metrics"].read_text())["verdict"]
+    assert verdict["intrinsic_beats_random_score"] is False
+    assert verdict["claims"]["intrinsic_beats_random_score"]["n"] == 1

@@ -71,7 +71,8 @@ def _holds(effect: float, ci: tuple[float, float], p: float, alternative: str, a
 
 def paired(a: Sequence[float], b: Sequence[float], *, method: str, claim_text: str, metric: str,
            unit: str = "seed", alternative: str = "greater", null: float = 0.0,
-           confidence: float = 0.95, alpha: float = 0.05, detail: str = "") -> dict[str, Any]:
+           confidence: float = 0.95, alpha: float = 0.05, detail: str = "",
+           test_name: str = "paired t") -> dict[str, Any]:
     """Claim that a - b is `alternative` than `null`, with a[i] and b[i] measured on the same unit i.
     Effect: mean difference; interval: Student t on the differences; test: one-sided paired t-test."""
     from scipy import stats
@@ -90,8 +91,8 @@ def paired(a: Sequence[float], b: Sequence[float], *, method: str, claim_text: s
     else:
         p = float(stats.ttest_1samp(diffs, 0.0, alternative=alternative).pvalue)
     holds = _holds(effect, ci, p, alternative, alpha, null)
-    return claim(method, claim_text, metric, effect, ci, n, unit, "paired t (one-sided)"
-                 if alternative != "two-sided" else "paired t", p, holds, confidence,
+    return claim(method, claim_text, metric, effect, ci, n, unit, f"{test_name} (one-sided)"
+                 if alternative != "two-sided" else test_name, p, holds, confidence,
                  detail or ("not shown: fewer than 2 units" if n < 2 else ""))
 
 
@@ -132,7 +133,8 @@ def one_sample(x: Sequence[float], *, method: str, claim_text: str, metric: str,
     """Claim that mean(x) is `alternative` than a fixed `null` (e.g. a ratio above 1)."""
     x = np.asarray(x, float)
     return paired(x, np.zeros_like(x), method=method, claim_text=claim_text, metric=metric, unit=unit,
-                  alternative=alternative, null=null, confidence=confidence, alpha=alpha, detail=detail)
+                  alternative=alternative, null=null, confidence=confidence, alpha=alpha, detail=detail,
+                  test_name="one-sample t")
 
 
 def proportion(successes: int, n: int, *, method: str, claim_text: str, metric: str, null: float,
@@ -145,7 +147,8 @@ def proportion(successes: int, n: int, *, method: str, claim_text: str, metric: 
         return claim(method, claim_text, metric, math.nan, (math.nan, math.nan), 0, unit, "binomial",
                      math.nan, False, confidence, detail or "not shown: no trials")
     res = stats.binomtest(successes, n, null, alternative=alternative)
-    ci = res.proportion_ci(confidence_level=confidence, method="wilson")
+    # the interval is two-sided whatever the test's side (proportion_ci follows the test's alternative)
+    ci = stats.binomtest(successes, n, null).proportion_ci(confidence_level=confidence, method="wilson")
     rate = successes / n
     return claim(method, claim_text, metric, rate, (ci.low, ci.high), n, unit, "exact binomial",
                  res.pvalue, _holds(rate, (ci.low, ci.high), res.pvalue, alternative, alpha, null),

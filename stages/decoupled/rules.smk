@@ -34,6 +34,7 @@ use rule stage as decoupled_aggregate with:
         table_csv=report("results/decoupled/summary.csv", category="Decoupled regularization"),
         plot=report("results/decoupled/grid_toy_length.png", category="Decoupled regularization"),
         metrics="results/decoupled/metrics.json",
+        claims="results/decoupled/claims.parquet",
     params:
         **stage_params(config, "decoupled.aggregate", aggregate="decoupled.aggregate"),
     log:
@@ -94,6 +95,7 @@ use rule stage as decoupled_sac_aggregate with:
         table_csv=report("results/decoupled/sac/summary.csv", category="Decoupled regularization"),
         plot=report("results/decoupled/sac/temperature_entropy.png", category="Decoupled regularization"),
         metrics="results/decoupled/sac/metrics.json",
+        claims="results/decoupled/sac/claims.parquet",
     params:
         **stage_params(config, "decoupled.sac_aggregate", envs="decoupled.sac.envs",
                        temperatures="decoupled.sac.temperatures", aggregate="decoupled.sac.aggregate"),
@@ -143,6 +145,7 @@ use rule stage as decoupled_molecules_aggregate with:
         table_csv=report("results/decoupled/molecules/summary.csv", category="Decoupled regularization"),
         plot=report("results/decoupled/molecules/reward_vs_tau.png", category="Decoupled regularization"),
         metrics="results/decoupled/molecules/metrics.json",
+        claims="results/decoupled/molecules/claims.parquet",
     params:
         **stage_params(config, "decoupled.molecules_aggregate"),
     log:

@@ -1,18 +1,25 @@
 """SAC action-scale sweep summary: per (env, temperature, scale) the evaluation returns on the shared start
 states (median, quartiles, failures = episodes below the env's `fail_below`), and the temperature and
 unit-box entropy at the end of training (mean of the last `tail_episodes` training episodes, median over
-seeds); the spread across scales of the per-scale median return, per temperature; verdicts as fields of
-metrics.json; a plot of temperature, unit-box entropy and return over training, per scale and temperature.
+seeds); the spread across scales of the per-scale median return, per temperature; the claims (output
+`claims`) and their verdicts in metrics.json; a plot of temperature, unit-box entropy and return over
+training, per scale and temperature.
 
-Verdicts, per env, at the smallest scale of the sweep, for `baseline` (SAC's -d target) and `candidate`
-(the decoupled target):
-  baseline_temperature_rises_at_small_scale     its final temperature is above its initial one
-  candidate_temperature_lower_at_small_scale    the candidate's final temperature is below the baseline's
+Claims (stages.common.stats), per env, for `baseline` (SAC's -d target) and `candidate` (the decoupled
+target). The training seed is the unit: a seed's evaluation episodes are averaged first, and the two targets
+are compared paired by seed (same seeds, same evaluation start states). At the smallest scale:
+  baseline_temperature_rises_at_small_scale     its final log10 temperature is above its initial one
+  candidate_temperature_lower_at_small_scale    the candidate's final log10 temperature is below the baseline's
   baseline_entropy_near_uniform_at_small_scale  its unit-box entropy >= d (log 2 - uniform_margin)
-  candidate_entropy_below_uniform_at_small_scale  the candidate's is not
-  candidate_returns_vary_less_across_scales     spread (max - min over scales) of the median return
-  candidate_per_episode_spread_smaller          the same per shared start state (median over seeds), then
-                                                the median over start states
+  candidate_entropy_below_uniform_at_small_scale  the candidate's is below that
+  baseline_fails_at_small_scale                 most of its evaluation episodes fail (fraction > 0.5)
+At every scale s:
+  candidate_returns_more_at_s<s>                the candidate's mean evaluation return is higher
+Across scales (the paper's claim: returns do not depend on the scale):
+  candidate_returns_vary_less_across_scales     per seed, the spread (max - min over scales) of the return on
+                                                each shared start state, averaged over start states
+  candidate_fewer_failures                      per seed, the fraction of failed episodes over all scales
+`mechanism_shown` in metrics.json: the first four hold.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from stages.common import stats
 from stages.common.artifacts import ArtifactError, read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.decoupled.sac_evaluate import RETURNS_SCHEMA
@@ -100,7 +108,83 @@ def spreads(returns: pd.DataFrame) -> dict[str, float]:
             "median_per_episode_spread": float((per_episode.max(axis=1) - per_episode.min(axis=1)).median())}
 
 
-def verdicts(env: str, summary: list[dict], returns: pd.DataFrame, cfg: dict, temperatures: dict) -> dict:
+METHOD = "decoupled"
+
+
+def seed_means(values: pd.Series) -> dict[int, float]:
+    """{seed: mean} of a Series indexed by seed (episodes averaged per seed first)."""
+    return {int(k): float(v) for k, v in values.groupby(level="seed").mean().items()}
+
+
+def paired_by_seed(a: dict, b: dict, **kwargs) -> dict:
+    seeds = sorted(set(a) & set(b))
+    return stats.paired([a[s] for s in seeds], [b[s] for s in seeds], method=METHOD, **kwargs)
+
+
+def tail_by_seed(curves: dict, env: str, scale: float, temp: str, column: str, tail: int) -> dict[int, float]:
+    return {seed: float(c[column].tail(tail).mean()) for (e, s, t, seed), c in curves.items()
+            if (e, s, t) == (env, scale, temp)}
+
+
+def claim_rows(env: str, returns: pd.DataFrame, curves: dict, cfg: dict, temperatures: dict,
+               fail_below: float, uniform_entropy: float) -> dict[str, dict]:
+    """{verdict name: claim row} for one env (see the module docstring)."""
+    base, cand = cfg["baseline"], cfg["candidate"]
+    r = returns[returns["env"] == env].set_index(["temperature", "scale", "seed", "episode"])["return"].sort_index()
+    scales = sorted(r.index.get_level_values("scale").unique())
+    small, tail = scales[0], cfg["tail_episodes"]
+    out = {}
+
+    def log_temperature(temp):
+        return {k: math.log10(v) for k, v in tail_by_seed(curves, env, small, temp, "temperature", tail).items()}
+
+    init = TemperatureConfig.from_dict(temperatures[base]).init
+    out["baseline_temperature_rises_at_small_scale"] = stats.one_sample(
+        list(log_temperature(base).values()), null=math.log10(init), method=METHOD,
+        metric=f"log10 final temperature (mean of the last {tail} training episodes; null: log10 initial)",
+        claim_text=f"{env}, s={small:g}: the {base} target's temperature rises above its initial {init:g}")
+    out["candidate_temperature_lower_at_small_scale"] = paired_by_seed(
+        log_temperature(base), log_temperature(cand),
+        metric=f"log10 final temperature, {base} minus {cand}",
+        claim_text=f"{env}, s={small:g}: the {cand} target ends at a lower temperature than the {base} target")
+    near_uniform = uniform_entropy * (1 - cfg["uniform_margin"] / math.log(2))
+    for temp, name, side in ((base, "baseline_entropy_near_uniform_at_small_scale", "greater"),
+                             (cand, "candidate_entropy_below_uniform_at_small_scale", "less")):
+        out[name] = stats.one_sample(
+            list(tail_by_seed(curves, env, small, temp, "entropy_unit", tail).values()), null=near_uniform,
+            alternative=side, method=METHOD,
+            metric=f"unit-box policy entropy at the end of training (null: uniform - margin = {near_uniform:.3g})",
+            claim_text=f"{env}, s={small:g}: the {temp} target's policy is "
+                       + ("near uniform in the unit box" if side == "greater" else "below near-uniform entropy"))
+    failed = (r < fail_below).astype(float)
+    out["baseline_fails_at_small_scale"] = stats.one_sample(
+        list(seed_means(failed.loc[base, small]).values()), null=0.5, method=METHOD,
+        metric=f"fraction of evaluation episodes with return < {fail_below:g} (null: 0.5)",
+        claim_text=f"{env}, s={small:g}: most evaluation episodes of the {base} target fail")
+    for scale in scales:
+        out[f"candidate_returns_more_at_s{scale:g}"] = paired_by_seed(
+            seed_means(r.loc[cand, scale]), seed_means(r.loc[base, scale]),
+            metric=f"mean evaluation return, {cand} minus {base}",
+            claim_text=f"{env}, s={scale:g}: the {cand} target's policy returns more than the {base} target's")
+
+    def spread(temp):
+        per_start = r.loc[temp].unstack("scale")            # rows (seed, episode), one column per scale
+        return seed_means(per_start.max(axis=1) - per_start.min(axis=1))
+
+    out["candidate_returns_vary_less_across_scales"] = paired_by_seed(
+        spread(base), spread(cand),
+        metric=f"return spread over scales {[float(s) for s in scales]} per start state, {base} minus {cand}",
+        claim_text=f"{env}: the {cand} target's returns depend less on the action scale than the {base} target's")
+    out["candidate_fewer_failures"] = paired_by_seed(
+        seed_means(failed.loc[base]), seed_means(failed.loc[cand]),
+        metric=f"fraction of failed evaluation episodes over all scales, {base} minus {cand}",
+        claim_text=f"{env}: the {cand} target fails in fewer evaluation episodes than the {base} target")
+    return out
+
+
+def verdicts(env: str, summary: list[dict], returns: pd.DataFrame, curves: dict, cfg: dict,
+             temperatures: dict, envs: dict) -> tuple[dict, list[dict]]:
+    """(metrics.json entry of one env, its claim rows)."""
     base, cand = cfg["baseline"], cfg["candidate"]
     rows = {(r["temperature"], r["scale"]): r for r in summary if r["env"] == env}
     scales = sorted({s for _, s in rows})
@@ -112,31 +196,20 @@ def verdicts(env: str, summary: list[dict], returns: pd.DataFrame, cfg: dict, te
             **{f"{field}_by_scale": {_key(s): rows[temp, s][field] for s in scales}
                for field in ("median_return", "failures", "final_temperature", "final_entropy_unit")}}
     out = {"scales": scales, "per_temperature": per_mode}
-    if (base, scales[0]) not in rows or (cand, scales[0]) not in rows:
+    if any((t, s) not in rows for t in (base, cand) for s in scales):
         out["verdicts"] = None
-        log.warning("%s: baseline '%s' or candidate '%s' not in the sweep; no verdicts", env, base, cand)
-        return out
-    b, c = rows[base, scales[0]], rows[cand, scales[0]]
-    base_init = TemperatureConfig.from_dict(temperatures[base]).init
-    near_uniform = b["uniform_entropy_unit"] * (1 - cfg["uniform_margin"] / math.log(2))
-    v = {
-        "small_scale": scales[0],
-        "baseline_temperature_rises_at_small_scale": b["final_temperature"] > base_init,
-        "candidate_temperature_lower_at_small_scale": c["final_temperature"] < b["final_temperature"],
-        "baseline_entropy_near_uniform_at_small_scale": b["final_entropy_unit"] >= near_uniform,
-        "candidate_entropy_below_uniform_at_small_scale": c["final_entropy_unit"] < near_uniform,
-        "candidate_returns_vary_less_across_scales":
-            per_mode[cand]["spread_of_medians"] < per_mode[base]["spread_of_medians"],
-        "candidate_per_episode_spread_smaller":
-            per_mode[cand]["median_per_episode_spread"] < per_mode[base]["median_per_episode_spread"],
-        "candidate_failures_not_more": per_mode[cand]["failures"] <= per_mode[base]["failures"],
-    }
+        log.warning("%s: baseline '%s' or candidate '%s' not run at every scale; no claims", env, base, cand)
+        return out, []
+    uniform = rows[base, scales[0]]["uniform_entropy_unit"]
+    claims = claim_rows(env, returns, curves, cfg, temperatures, envs[env]["fail_below"], uniform)
+    v = {"small_scale": scales[0], **{name: c["holds"] for name, c in claims.items()}}
     v["mechanism_shown"] = all(v[k] for k in ("baseline_temperature_rises_at_small_scale",
                                               "candidate_temperature_lower_at_small_scale",
                                               "baseline_entropy_near_uniform_at_small_scale",
                                               "candidate_entropy_below_uniform_at_small_scale"))
+    v["n_seeds"] = min(c["n"] for c in claims.values())
     out["verdicts"] = v
-    return out
+    return out, list(claims.values())
 
 
 def plot(ctx: StageContext, curves: dict, summary: list[dict], cfg: dict) -> None:
@@ -188,10 +261,11 @@ def run(ctx: StageContext) -> None:
     curves = read_curves(ctx.input_list("curves"), ctx.input_list("returns"))
     summary = summarize(returns, curves, envs, temperatures, cfg["tail_episodes"])
     ctx.write_table("table", pa.Table.from_pylist(summary, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
-    metrics = {"baseline": cfg["baseline"], "candidate": cfg["candidate"],
-               "envs": {env: verdicts(env, summary, returns, cfg, temperatures)
-                        for env in sorted(returns["env"].unique())}}
-    for env, m in metrics["envs"].items():
-        log.info("%s verdicts: %s", env, m["verdicts"])
-    ctx.write_json("metrics", metrics)
+    per_env, claims = {}, []
+    for env in sorted(returns["env"].unique()):
+        per_env[env], env_claims = verdicts(env, summary, returns, curves, cfg, temperatures, envs)
+        claims += env_claims
+        log.info("%s verdicts: %s", env, per_env[env]["verdicts"])
+    ctx.write_claims("claims", claims)
+    ctx.write_json("metrics", {"baseline": cfg["baseline"], "candidate": cfg["candidate"], "envs": per_env})
     plot(ctx, curves, summary, cfg)

@@ -1,12 +1,16 @@
 """Collect every evaluation into the accuracy vs neurons-removed tradeoff over the lambda_max sweep:
 one table (mean over seeds per variant), one plot (accuracy vs fraction removed for DemP and the
-magnitude baseline at the same widths, dense as a line; live fraction over DemP training), and
-verdicts per (dataset, model):
-  max_removed_within_tol   largest fraction of units DemP removed while staying within
-                           `acc_tolerance` of dense accuracy
-  demp_wins / comparisons  sweep points where DemP is at least as accurate as magnitude pruning at
-                           the same widths
-  latency_ratio_at_max     pruned / dense forward latency at DemP's largest removal (< 1: faster)
+magnitude baseline at the same widths, dense as a line; live fraction over DemP training), and the
+claims per (dataset, model, lambda_max), each a row of output `claims` (stages.common.stats; the
+training seed is the unit, variants of one seed are compared paired on the same test set):
+  DemP stays within `acc_tolerance` of dense accuracy      (non-inferiority: paired t against -tol)
+  DemP is more accurate than magnitude pruning at the same widths (the magnitude run of a seed is cut
+                                                           to the widths of DemP's run of that seed)
+  DemP's pruned network is faster than dense               (pruned / dense latency below 1)
+metrics.json per (dataset, model): the sweep's means and each point's claim verdicts; `demp_wins` counts
+the points where the magnitude claim holds, `max_removed_within_tol` is the largest fraction removed at a
+point whose tolerance claim holds (0 when none does), `latency_ratio_at_max` the ratio at DemP's largest
+removal (< 1: faster).
 The latency columns make the table and metrics vary between re-runs (see evaluate.py); the plot does
 not show them and is byte-deterministic.
 """
@@ -19,6 +23,7 @@ from collections import defaultdict
 import numpy as np
 import pyarrow as pa
 
+from stages.common import stats
 from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.demp.evaluate import EVAL_SCHEMA, read_curve
@@ -40,6 +45,9 @@ SUMMARY_SCHEMA = pa.schema([
     ("flops", pa.float64()),
     ("latency_ratio", pa.float64()),     # pruned / dense latency (NaN when not measured)
 ])
+
+
+METHOD = "demp"
 
 
 def method_of(variant: str) -> tuple[str, int | None]:
@@ -69,25 +77,73 @@ def summarise(rows: list[dict], sweep: dict) -> list[dict]:
                                       np.nan_to_num(r["lambda_max"], nan=-1.0)))
 
 
-def verdicts(summary: list[dict], tol: float) -> dict:
+def per_seed(rows: list[dict], key: tuple[str, str], variant: str, field: str) -> dict[int, float]:
+    return {r["seed"]: r[field] for r in rows if (r["dataset"], r["model"], r["variant"]) == (*key, variant)}
+
+
+def claim_rows(rows: list[dict], sweep: dict, tol: float) -> dict[tuple[str, str, float], list[dict]]:
+    """{(dataset, model, lambda_max): [tolerance, magnitude, latency claim]} from per-seed evaluation rows."""
+    out = {}
+    for key in sorted({(r["dataset"], r["model"]) for r in rows}):
+        dataset, model = key
+        dense = per_seed(rows, key, "dense", "test_acc")
+        points = sorted({method_of(r["variant"])[1] for r in rows
+                         if (r["dataset"], r["model"]) == key and r["variant"].startswith("demp")})
+        for i in points:
+            lam = sweep[model]["lambda_max"][i]
+            demp = per_seed(rows, key, f"demp_l{i}", "test_acc")
+            mag = per_seed(rows, key, f"magnitude_l{i}", "test_acc")
+            removed = float(np.mean(list(per_seed(rows, key, f"demp_l{i}", "removed_fraction").values())))
+            where = f"{dataset}/{model}, lambda_max {lam:g} ({removed:.0%} of units removed)"
+            seeds = sorted(set(demp) & set(dense))
+            claims = out.setdefault((dataset, model, lam), [])
+            claims.append(stats.paired(
+                [demp[s] for s in seeds], [dense[s] for s in seeds], null=-tol, method=METHOD,
+                claim_text=f"{where}: DemP's test accuracy is within {tol:g} of dense",
+                metric="test accuracy, DemP minus dense (null: -acc_tolerance)"))
+            seeds = sorted(set(demp) & set(mag))
+            claims.append(stats.paired(
+                [demp[s] for s in seeds], [mag[s] for s in seeds], method=METHOD,
+                claim_text=f"{where}: DemP is more accurate than magnitude pruning at the same widths",
+                metric="test accuracy, DemP minus magnitude pruning"))
+            ratio = per_seed(rows, key, f"demp_l{i}", "latency_ratio")
+            timed = [ratio[s] for s in sorted(ratio) if math.isfinite(ratio[s])]
+            claims.append(stats.one_sample(
+                timed, null=1.0, alternative="less", method=METHOD,
+                claim_text=f"{where}: the pruned network's forward pass is faster than dense",
+                metric="latency, pruned / dense (same input, interleaved)",
+                detail="" if timed else "not shown: latency not measured (demp.evaluate.latency_repeats: 0)"))
+    return out
+
+
+def verdicts(summary: list[dict], claims: dict, tol: float) -> dict:
+    """Per (dataset, model): the sweep's means beside each point's claim verdicts."""
     out = {}
     for key in sorted({(r["dataset"], r["model"]) for r in summary}):
         mine = [r for r in summary if (r["dataset"], r["model"]) == key]
         dense = next(r for r in mine if r["method"] == "dense")
         demp = {r["lambda_max"]: r for r in mine if r["method"] == "demp"}
         mag = {r["lambda_max"]: r for r in mine if r["method"] == "magnitude"}
-        ok = [r for r in demp.values() if r["test_acc"] >= dense["test_acc"] - tol]
-        pairs = [(demp[lam], mag[lam]) for lam in sorted(demp) if lam in mag]
+        sweep = []
+        for lam in sorted(demp):
+            within, beats, faster = claims[(*key, lam)]
+            d, m = demp[lam], mag.get(lam)
+            sweep.append({"lambda_max": lam, "removed_fraction": d["removed_fraction"], "demp_acc": d["test_acc"],
+                          "magnitude_acc": m["test_acc"] if m else None,
+                          "demp_latency_ratio": nan_none(d["latency_ratio"]),
+                          "within_tolerance_of_dense": within["holds"], "beats_magnitude": beats["holds"],
+                          "faster_than_dense": faster["holds"],
+                          "accuracy_gap_to_magnitude_ci": [nan_none(beats["ci_low"]), nan_none(beats["ci_high"])],
+                          "n_seeds": beats["n"]})
         most = max(demp.values(), key=lambda r: r["removed_fraction"]) if demp else None
         out["/".join(key)] = {
             "dense_acc": dense["test_acc"],
-            "max_removed_within_tol": max((r["removed_fraction"] for r in ok), default=0.0),
+            "max_removed_within_tol": max((p["removed_fraction"] for p in sweep if p["within_tolerance_of_dense"]),
+                                          default=0.0),
             "acc_tolerance": tol,
-            "sweep": [{"lambda_max": d["lambda_max"], "removed_fraction": d["removed_fraction"],
-                       "demp_acc": d["test_acc"], "magnitude_acc": m["test_acc"],
-                       "demp_latency_ratio": nan_none(d["latency_ratio"])} for d, m in pairs],
-            "demp_wins": sum(d["test_acc"] >= m["test_acc"] for d, m in pairs),
-            "comparisons": len(pairs),
+            "sweep": sweep,
+            "demp_wins": sum(p["beats_magnitude"] for p in sweep),
+            "comparisons": sum(p["magnitude_acc"] is not None for p in sweep),
             "latency_ratio_at_max": nan_none(most["latency_ratio"]) if most else None,
             "removed_at_max": most["removed_fraction"] if most else None,
         }
@@ -104,9 +160,12 @@ def run(ctx: StageContext) -> None:
     sweep = ctx.params["sweep"]
     summary = summarise(rows, sweep)
     ctx.write_table("table", pa.Table.from_pylist(summary, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
-    result = verdicts(summary, ctx.params["aggregate"]["acc_tolerance"])
+    tol = ctx.params["aggregate"]["acc_tolerance"]
+    claims = claim_rows(rows, sweep, tol)
+    ctx.write_claims("claims", [c for point in claims.values() for c in point])
+    result = verdicts(summary, claims, tol)
     for key, v in result.items():
-        log.info("%s: dense %.4f, max removed within tol %.3f, DemP >= magnitude at %d/%d, latency ratio %s",
+        log.info("%s: dense %.4f, max removed within tol %.3f, DemP beats magnitude at %d/%d, latency ratio %s",
                  key, v["dense_acc"], v["max_removed_within_tol"], v["demp_wins"], v["comparisons"],
                  v["latency_ratio_at_max"])
     ctx.write_json("metrics", result)

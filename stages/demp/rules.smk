@@ -162,6 +162,7 @@ use rule stage as demp_aggregate with:
         table_csv=report("results/demp/summary.csv", category="DemP"),
         plot=report("results/demp/tradeoff.png", category="DemP"),
         metrics="results/demp/metrics.json",
+        claims="results/demp/claims.parquet",
     params:
         **stage_params(config, "demp.aggregate", sweep="demp.sweep", aggregate="demp.aggregate"),
     log:

@@ -27,7 +27,7 @@ BLSTATS = {
     "x": nethack.NLE_BL_X, "y": nethack.NLE_BL_Y, "hp": nethack.NLE_BL_HP, "hp_max": nethack.NLE_BL_HPMAX,
     "depth": nethack.NLE_BL_DEPTH, "dlvl": nethack.NLE_BL_DLEVEL, "gold": nethack.NLE_BL_GOLD,
     "score": nethack.NLE_BL_SCORE, "turn": nethack.NLE_BL_TIME, "xlvl": nethack.NLE_BL_XP,
-    "hunger": nethack.NLE_BL_HUNGER,
+    "hunger": nethack.NLE_BL_HUNGER, "dnum": nethack.NLE_BL_DNUM,   # dnum 2 = the Gnomish Mines (MaestroMotif)
 }
 
 # Episode seeds: split index * 2^40 + base * 2^20 + k. Each split owns a disjoint 2^40 block, so a train

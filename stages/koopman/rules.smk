@@ -73,6 +73,7 @@ use rule stage as koopman_aggregate with:
         table_csv=report("results/koopman/summary.csv", category="Koopman"),
         plot=report("results/koopman/error_vs_horizon.png", category="Koopman"),
         metrics="results/koopman/metrics.json",
+        claims="results/koopman/claims.parquet",
     params:
         **stage_params(config, "koopman.aggregate", evaluate="koopman.evaluate"),
     log:

@@ -164,8 +164,9 @@ use rule stage as lambdazero_aggregate with:
         table_csv=report(f"{LZ}/summary.csv", category=LZ_CATEGORY),
         plot=report(f"{LZ}/summary.png", category=LZ_CATEGORY),
         metrics=f"{LZ}/metrics.json",
+        claims=f"{LZ}/claims.parquet",
     params:
-        **stage_params(config, "lambdazero.aggregate"),
+        **stage_params(config, "lambdazero.aggregate", evaluate="lambdazero.evaluate"),
     log:
         "logs/lambdazero/aggregate.log",
     benchmark:

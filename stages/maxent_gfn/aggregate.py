@@ -1,21 +1,26 @@
-"""One row per (grid, objective, seed), the checks of the method note, and a two-panel plot:
+"""One row per (grid, objective, seed), the claims of the method note, and a two-panel plot:
 exact L1 over training per objective, and trajectory entropy against its maximum.
 
 Grid, objective and seed are the wildcards recorded in each terminal_distribution.parquet's provenance (input
 `distributions`); the metrics.json and train_curve.csv of a run (no provenance) are the ones in its folder.
-Checks (per grid, every seed): max-ent GSQL reaches L1 < l1_max, |V(s0) - log Z| < logz_error_max, trajectory
-entropy within entropy_gap_max of the maximum and all modes; naive SQL stays far off (L1 > 10 l1_max);
-TB with a uniform P_B matches the marginal (L1 < l1_max) with a lower entropy than max-ent GSQL.
+Claims (output `claims`, stages.common.stats, the training seed as unit, per grid), with the thresholds of
+`maxent_gfn.aggregate`: every objective with a backward policy matches R/Z (exact L1 < l1_max); max-ent
+GSQL's |V(s0) - log Z| < logz_error_max; the max-ent objectives (exact or learned n(s)) reach the maximum
+trajectory entropy (gap < entropy_gap_max); each uniform-P_B objective has a lower entropy than max-ent GSQL
+by more than entropy_gap_max (paired by seed); naive soft Q-learning misses R/Z (L1 > 10 l1_max).
+metrics.json's `checks` are those claims' verdicts.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
 
+from stages.common import stats
 from stages.common.artifacts import read_provenance
 from stages.common.stage import StageContext
 
@@ -38,25 +43,55 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
-def checks(rows: list[dict], thresholds: dict) -> dict:
-    def of(objective):
-        return [r for r in rows if r["objective"] == objective]
+METHOD = "maxent_gfn"
+MAXENT = "gsql_maxent_pb"      # the objective the others are compared with
 
+
+def claim_rows(grid: str, rows: list[dict], thresholds: dict) -> dict[str, dict]:
+    """{check name: claim row} for one grid's rows (one per objective and seed)."""
+    l1_max, gap_max = thresholds["l1_max"], thresholds["entropy_gap_max"]
+    of = defaultdict(dict)                       # objective -> seed -> row
+    for r in rows:
+        of[r["objective"]][r["seed"]] = r
     out = {}
-    maxent = of("gsql_maxent_pb")
-    if maxent:
-        out["gsql_maxent_l1"] = all(r["l1"] < thresholds["l1_max"] for r in maxent)
-        out["gsql_maxent_logz"] = all(r["logz_error"] < thresholds["logz_error_max"] for r in maxent)
-        out["gsql_maxent_entropy"] = all(r["max_trajectory_entropy"] - r["trajectory_entropy"]
-                                         < thresholds["entropy_gap_max"] for r in maxent)
-        out["gsql_maxent_all_modes"] = all(r["modes_found"] == r["n_modes"] for r in maxent)
-    if of("naive_sql"):
-        out["naive_sql_fails"] = all(r["l1"] > 10 * thresholds["l1_max"] for r in of("naive_sql"))
-    if of("tb") and maxent:
-        out["tb_matches_marginal"] = all(r["l1"] < thresholds["l1_max"] for r in of("tb"))
-        out["tb_lower_entropy"] = (max(r["trajectory_entropy"] for r in of("tb"))
-                                   < min(r["trajectory_entropy"] for r in maxent) - thresholds["entropy_gap_max"])
+
+    def values(objective, fn):
+        return [fn(r) for _, r in sorted(of[objective].items())]
+
+    for objective in sorted(of):
+        backward = next(iter(of[objective].values()))["backward"]
+        l1 = values(objective, lambda r: r["l1"])
+        if backward == "none":
+            out[f"{objective}_misses_target"] = stats.one_sample(
+                l1, null=10 * l1_max, method=METHOD, metric="exact L1 to R/Z (null: 10 l1_max)",
+                claim_text=f"{grid}: {objective} (no backward policy) misses R/Z (L1 > {10 * l1_max:g})")
+            continue
+        out[f"{objective}_l1"] = stats.one_sample(
+            l1, null=l1_max, alternative="less", method=METHOD, metric="exact L1 to R/Z (null: l1_max)",
+            claim_text=f"{grid}: {objective} ({backward} P_B) matches R/Z (exact L1 < {l1_max:g})")
+        if backward in ("maxent", "learned_n"):
+            out[f"{objective}_entropy"] = stats.one_sample(
+                values(objective, lambda r: r["max_trajectory_entropy"] - r["trajectory_entropy"]),
+                null=gap_max, alternative="less", method=METHOD,
+                metric="maximum minus trajectory entropy, nats (null: entropy_gap_max)",
+                claim_text=f"{grid}: {objective} reaches the maximum trajectory entropy (gap < {gap_max:g})")
+        if objective == MAXENT:
+            out[f"{objective}_logz"] = stats.one_sample(
+                values(objective, lambda r: r["logz_error"]), null=thresholds["logz_error_max"],
+                alternative="less", method=METHOD, metric="|V(s0) - log Z| (null: logz_error_max)",
+                claim_text=f"{grid}: {objective} estimates log Z (error < {thresholds['logz_error_max']:g})")
+        if backward == "uniform" and MAXENT in of:
+            seeds = sorted(set(of[MAXENT]) & set(of[objective]))
+            out[f"{objective}_lower_entropy"] = stats.paired(
+                [of[MAXENT][s]["trajectory_entropy"] for s in seeds],
+                [of[objective][s]["trajectory_entropy"] for s in seeds], null=gap_max, method=METHOD,
+                metric=f"trajectory entropy, {MAXENT} minus {objective} (null: entropy_gap_max)",
+                claim_text=f"{grid}: {objective} (uniform P_B) has a lower trajectory entropy than {MAXENT}")
     return out
+
+
+def none_if_nan(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def run(ctx: StageContext) -> None:
@@ -79,7 +114,7 @@ def run(ctx: StageContext) -> None:
     rows.sort(key=lambda r: (r["grid"], r["objective"], r["seed"]))
     ctx.write_table("table", pa.Table.from_pylist(rows, SUMMARY_SCHEMA), SUMMARY_SCHEMA)
 
-    summary = {}
+    summary, claims = {}, []
     for grid in sorted({r["grid"] for r in rows}):
         mine = [r for r in rows if r["grid"] == grid]
         per_objective = {}
@@ -89,11 +124,17 @@ def run(ctx: StageContext) -> None:
                 k: float(np.mean([r[k] for r in sel]))
                 for k in ("l1", "logz_error", "trajectory_entropy", "modes_found", "mode_mass")}
             per_objective[objective]["n_seeds"] = len(sel)
-        verdicts = checks(mine, ctx.params["aggregate"])
+        grid_claims = claim_rows(grid, mine, ctx.params["aggregate"])
+        claims += grid_claims.values()
+        verdicts = {name: c["holds"] for name, c in grid_claims.items()}
         summary[grid] = {"max_trajectory_entropy": mine[0]["max_trajectory_entropy"],
                          "n_modes": mine[0]["n_modes"], "objectives": per_objective,
-                         "checks": verdicts, "all_checks_pass": all(verdicts.values())}
+                         "checks": verdicts, "all_checks_pass": all(verdicts.values()),
+                         "claim_intervals": {name: [none_if_nan(c["ci_low"]), none_if_nan(c["ci_high"])]
+                                             for name, c in grid_claims.items()},
+                         "n_seeds": min((c["n"] for c in grid_claims.values()), default=0)}
         log.info("%s: checks %s", grid, verdicts)
+    ctx.write_claims("claims", claims)
     ctx.write_json("metrics", summary)
 
     grids = sorted(summary)

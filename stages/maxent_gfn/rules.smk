@@ -62,6 +62,7 @@ use rule stage as maxent_gfn_aggregate with:
         table_csv=report("results/maxent_gfn/summary.csv", category="Max-ent GFlowNets"),
         plot=report("results/maxent_gfn/l1_and_entropy.png", category="Max-ent GFlowNets"),
         metrics="results/maxent_gfn/metrics.json",
+        claims="results/maxent_gfn/claims.parquet",
     params:
         **stage_params(config, "maxent_gfn.aggregate", aggregate="maxent_gfn.aggregate"),
     log:
@@ -113,6 +114,7 @@ use rule stage as maxent_gfn_molecules_aggregate with:
         table_csv=report("results/maxent_gfn/molecules/summary.csv", category="Max-ent GFlowNets"),
         plot=report("results/maxent_gfn/molecules/correlation_and_reward.png", category="Max-ent GFlowNets"),
         metrics="results/maxent_gfn/molecules/metrics.json",
+        claims="results/maxent_gfn/molecules/claims.parquet",
     params:
         **stage_params(config, "maxent_gfn.molecules_aggregate"),
     log:

@@ -1,6 +1,11 @@
 """Summary of the Motif chain: one row per (agent, seed) of the held-out evaluation, the reward model's
-agreement with the annotator, a four-panel plot, and the method note's check as a verdict (reported,
-not asserted): does the intrinsic-only agent beat the random policy on mean score or mean depth?
+agreement with the annotator, a four-panel plot, and the claims (output `claims`, stages.common.stats).
+
+Unit of replication: the RL seed. Every agent (and the random policy, one per seed) plays the same held-out
+levels, so a seed's episodes are averaged first and agents are compared paired by seed; the standard errors
+in metrics.json are over seeds too. The reward model is trained once: its claims use held-out caption pairs
+(agreement with the annotator, exact binomial test) and probe captions (Welch) as units.
+metrics.json's `verdict` holds the claims' verdicts (e.g. `intrinsic_beats_random_score`).
 
 Agent and seed are the wildcards in each artifact's provenance: an episodes.parquet's own, a curve.csv's
 (plain CSV, no provenance) those of the policy checkpoint written beside it by the same train_rl job
@@ -17,9 +22,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from stages.common import stats
 from stages.common.artifacts import read_provenance, read_table
 from stages.common.stage import StageContext
 from stages.motif.evaluate import EPISODES_SCHEMA
+from stages.motif.reward import PROBES_BAD, PROBES_GOOD
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,26 @@ SUMMARY_SCHEMA = pa.schema([
     ("score_mean", pa.float64()), ("score_sem", pa.float64()), ("max_depth_mean", pa.float64()),
     ("turns_mean", pa.float64()), ("steps_mean", pa.float64()), ("reached_depth2_rate", pa.float64()),
     ("intrinsic_return_mean", pa.float64()), ("crashed", pa.int32())])
+METHOD = "motif"
+# (name, agent a, agent b, per-seed quantity, claim): "a's quantity is greater than b's", paired by seed
+COMPARISONS = [
+    ("intrinsic_raises_intrinsic_return", "intrinsic", "random", "intrinsic_return",
+     "the intrinsic-only agent collects more intrinsic reward per episode than the random policy"),
+    ("intrinsic_raises_intrinsic_per_step", "intrinsic", "random", "intrinsic_per_step",
+     "the intrinsic-only agent collects more intrinsic reward per step than the random policy"),
+    ("combined_raises_intrinsic_per_step", "combined", "random", "intrinsic_per_step",
+     "the intrinsic + extrinsic agent collects more intrinsic reward per step than the random policy"),
+    ("intrinsic_return_above_extrinsic_agent", "intrinsic", "extrinsic", "intrinsic_return",
+     "the intrinsic-only agent collects more intrinsic reward per episode than the extrinsic-only agent"),
+    ("combined_beats_extrinsic_score", "combined", "extrinsic", "score",
+     "the intrinsic + extrinsic agent scores higher than the extrinsic-only agent"),
+    ("intrinsic_beats_random_score", "intrinsic", "random", "score",
+     "the intrinsic-only agent scores higher than the random policy"),
+    ("intrinsic_beats_random_depth", "intrinsic", "random", "max_depth",
+     "the intrinsic-only agent goes deeper than the random policy"),
+    ("intrinsic_beats_extrinsic_score", "intrinsic", "extrinsic", "score",
+     "the intrinsic-only agent scores higher than the extrinsic-only agent (the paper's surprise)"),
+]
 
 
 def run_id(artifact: Path) -> tuple[str, int]:
@@ -59,21 +86,59 @@ def summarize(episodes: dict[tuple[str, int], pd.DataFrame]) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["agent"], len(order)), r["agent"], r["seed"]))
 
 
-def verdict(per_agent: dict[str, dict]) -> dict:
-    """The note's small-scale check: intrinsic-only vs random on the same seeds and budget."""
-    if "intrinsic" not in per_agent or "random" not in per_agent:
-        return {"available": False}
-    i, r = per_agent["intrinsic"], per_agent["random"]
-    better_score = i["score_mean"] > r["score_mean"]
-    better_depth = i["max_depth_mean"] > r["max_depth_mean"]
-    # a mean above random by less than two standard errors of the difference is not evidence
-    clear_score = i["score_mean"] - r["score_mean"] > 2 * math.hypot(i["score_sem"], r["score_sem"])
-    return {"available": True, "intrinsic_beats_random_score": bool(better_score),
-            "intrinsic_beats_random_depth": bool(better_depth),
-            "intrinsic_beats_random": bool(better_score or better_depth),
-            "intrinsic_beats_random_score_by_2se": bool(clear_score),
-            "score": [i["score_mean"], r["score_mean"]], "score_sem": [i["score_sem"], r["score_sem"]],
-            "max_depth": [i["max_depth_mean"], r["max_depth_mean"]]}
+def per_seed(episodes: dict[tuple[str, int], pd.DataFrame], agent: str, quantity: str) -> dict[int, float]:
+    """{seed: mean over its held-out episodes} of score, max_depth, intrinsic_return or intrinsic_per_step."""
+    out = {}
+    for (a, seed), df in episodes.items():
+        if a == agent:
+            values = df.intrinsic_return / df.steps.clip(lower=1) if quantity == "intrinsic_per_step" else df[quantity]
+            out[seed] = float(values.mean())
+    return out
+
+
+def claim_rows(episodes: dict[tuple[str, int], pd.DataFrame], reward_metrics: dict) -> dict[str, dict]:
+    """{verdict name: claim row}: the agent comparisons, then the reward model's."""
+    out = {}
+    agents = {a for a, _ in episodes}
+    for name, a, b, quantity, text in COMPARISONS:
+        if a in agents and b in agents:
+            x, y = per_seed(episodes, a, quantity), per_seed(episodes, b, quantity)
+            seeds = sorted(set(x) & set(y))
+            out[name] = stats.paired([x[s] for s in seeds], [y[s] for s in seeds], method=METHOD,
+                                     metric=f"{quantity} (mean over held-out episodes), {a} minus {b}",
+                                     claim_text=text)
+    decided, agreement = reward_metrics.get("heldout_decided"), reward_metrics.get("heldout_agreement")
+    if decided is not None and agreement is not None:
+        out["reward_model_agrees_with_judge"] = stats.proportion(
+            round(agreement * decided), decided, null=0.5, unit="held-out caption pair", method=METHOD,
+            metric="agreement with the annotator's label on held-out decided pairs",
+            claim_text="the reward model prefers the caption the LLM annotator preferred, on held-out pairs",
+            detail="split by pair: held-out pairs share captions with training pairs")
+    probes = reward_metrics.get("probe_rewards_normalized")
+    if probes:
+        out["reward_model_ranks_progress_above_walls"] = stats.welch(
+            [probes[m] for m in PROBES_GOOD if m in probes], [probes[m] for m in PROBES_BAD if m in probes],
+            unit="probe caption", method=METHOD, metric="normalized reward, progress probes minus wall probes",
+            claim_text="the reward model ranks kills, gold and stairs above walls and blocked moves")
+    return out
+
+
+def verdict_of(c: dict) -> dict:
+    def num(x):
+        return float(x) if math.isfinite(x) else None
+
+    return {"holds": c["holds"], "effect": num(c["effect"]), "ci": [num(c["ci_low"]), num(c["ci_high"])],
+            "p_value": num(c["p_value"]), "n": c["n"], "unit": c["unit"]}
+
+
+def verdict(claims: dict[str, dict]) -> dict:
+    """metrics.json's verdicts: the claims' `holds` (same names), with their numbers under `claims`."""
+    if "intrinsic_beats_random_score" not in claims:
+        return {"available": False, "claims": {k: verdict_of(c) for k, c in claims.items()}}
+    holds = {k: c["holds"] for k, c in claims.items()}
+    return {"available": True, **holds,
+            "intrinsic_beats_random": holds["intrinsic_beats_random_score"] or holds["intrinsic_beats_random_depth"],
+            "claims": {k: verdict_of(c) for k, c in claims.items()}}
 
 
 def run(ctx: StageContext) -> None:
@@ -88,30 +153,40 @@ def run(ctx: StageContext) -> None:
 
     agents = [a for a in AGENT_ORDER if any(r["agent"] == a for r in rows)]
     pooled = {a: pd.concat([df for (ag, _), df in sorted(episodes.items()) if ag == a]) for a in agents}
+
+    def seed_sem(agent, quantity):
+        return sem(np.array(list(per_seed(episodes, agent, quantity).values())))
+
+    # means over all episodes (= mean of seed means: every seed plays the same levels); sem over seeds
     per_agent = {a: {"episodes": len(df), "seeds": sum(1 for r in rows if r["agent"] == a),
-                     "score_mean": float(df.score.mean()), "score_sem": sem(df.score.to_numpy()),
-                     "max_depth_mean": float(df.max_depth.mean()), "turns_mean": float(df.turns.mean()),
+                     "score_mean": float(df.score.mean()), "score_sem": seed_sem(a, "score"),
+                     "max_depth_mean": float(df.max_depth.mean()), "max_depth_sem": seed_sem(a, "max_depth"),
+                     "turns_mean": float(df.turns.mean()),
                      "reached_depth2_rate": float(df.reached_depth2.mean()),
-                     "intrinsic_return_mean": float(df.intrinsic_return.mean())}
+                     "intrinsic_return_mean": float(df.intrinsic_return.mean()),
+                     "intrinsic_per_step_mean": float(np.mean(list(per_seed(episodes, a, "intrinsic_per_step")
+                                                                   .values())))}
                  for a, df in pooled.items()}
     reward_metrics = json.loads(Path(ctx.inputs["reward_metrics"]).read_text())
-    checks = verdict(per_agent)
+    claims = claim_rows(episodes, reward_metrics)
+    ctx.write_claims("claims", list(claims.values()))
+    checks = verdict(claims)
     ctx.write_json("metrics", {
         "agents": per_agent, "verdict": checks,
         "reward_model": {k: reward_metrics.get(k) for k in
                          ("heldout_agreement", "heldout_decided", "train_agreement", "usable_pairs",
-                          "distinct_captions", "probes_progress_above_walls")}})
-    log.info("per agent: %s; verdict: %s", json.dumps(per_agent), checks)
+                          "distinct_captions")}})
+    log.info("per agent: %s; verdicts: %s", json.dumps(per_agent), {k: c["holds"] for k, c in claims.items()})
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     panels = [("score_mean", "score", "game score at the end"), ("max_depth_mean", "max_depth", "deepest level"),
               ("intrinsic_return_mean", "intrinsic_return", "Motif intrinsic return (a_int = 1)")]
     for ax, (key, col, title) in zip(axes.flat, panels):
         means = [per_agent[a][key] for a in agents]
-        errs = [sem(pooled[a][col].to_numpy()) for a in agents]
+        errs = [seed_sem(a, col) for a in agents]          # over seeds, the unit of replication
         ax.bar(agents, means, yerr=errs, color=["tab:gray", "tab:blue", "tab:orange", "tab:green"][:len(agents)],
                capsize=3)
-        ax.set(title=f"held-out: {title}", ylabel=title)
+        ax.set(title=f"held-out: {title} (+- sem over seeds)", ylabel=title)
     ax = axes.flat[3]
     policy_of = {p.parent: p for p in ctx.input_list("policies")}
     for path in ctx.input_list("curves"):

@@ -154,6 +154,7 @@ use rule stage as motif_aggregate with:
         table_csv=report("results/motif/summary.csv", category="Motif"),
         plot=report("results/motif/agents.png", category="Motif"),
         metrics="results/motif/metrics.json",
+        claims="results/motif/claims.parquet",
     params:
         **stage_params(config, "motif.aggregate"),
     log:

@@ -1,0 +1,1 @@
+"""Maestromotif: (describe the method and cite its paper; the method note lives in shared/methods/)."""
