@@ -28,9 +28,9 @@ from stages.common.stage import StageContext
 from stages.maestromotif.annotate import ANNOTATIONS_SCHEMA
 from stages.maestromotif.captions import CAPTIONS_SCHEMA, PAIRS_SCHEMA
 from stages.maestromotif.skills import DIFF_STATS
+from stages.rl.message_reward import encode, weighted_stats
 
 log = logging.getLogger(__name__)
-QUANTILES = [round(0.05 * k, 2) for k in range(1, 20)]
 
 # (name, message, diffs): compared within each message, so only the stat change differs
 PROBE_MESSAGES = ["", "You see here a dagger.", "It's a wall.", "You hear some noises in the distance.",
@@ -43,14 +43,6 @@ EXPECTED = {
     "discoverer": [(SAME, DOWN, "$ - 12 gold pieces.", None), (SAME, DOWN, "You kill the newt!", None),
                    ({"gold": 1}, SAME, None, None)],
 }
-
-
-def encode(messages: list[str], max_len: int) -> torch.Tensor:
-    out = np.zeros((len(messages), max_len), np.int64)
-    for i, m in enumerate(messages):
-        data = np.frombuffer(m.encode("latin-1", errors="replace")[:max_len], np.uint8)
-        out[i, :len(data)] = data
-    return torch.from_numpy(out)
 
 
 class SkillRewardNet(nn.Module):
@@ -116,16 +108,6 @@ def train_goal(codes: torch.Tensor, diffs: torch.Tensor, a: np.ndarray, b: np.nd
     return net, {"heldout_agreement": held, "heldout_decided": n_held, "train_agreement": tr,
                  "train_decided": n_tr, "train_pairs": int(train.sum()), "heldout_pairs": int(test.sum()),
                  "ties_used": int(np.sum(train & (labels == 0)))}
-
-
-def weighted_stats(values: np.ndarray, weights: np.ndarray) -> tuple[float, float, dict[str, float]]:
-    w = weights / weights.sum()
-    mean = float(np.sum(w * values))
-    std = float(np.sqrt(np.sum(w * (values - mean) ** 2))) or 1.0
-    z = (values - mean) / std
-    order = np.argsort(z, kind="stable")
-    cdf = np.cumsum(w[order])
-    return mean, std, {f"{q:.2f}": float(z[order][min(np.searchsorted(cdf, q), len(z) - 1)]) for q in QUANTILES}
 
 
 def probe_comparisons(score, skill: str, keep: list[str]) -> list[dict]:

@@ -23,6 +23,7 @@ from stages.common.artifacts import read_table
 from stages.common.stage import StageContext
 from stages.motif.pairs import PAIRS_SCHEMA
 from stages.motif.reward_model import CaptionRewardNet, encode, trim
+from stages.rl.message_reward import weighted_stats
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ STEPS_COLUMNS = pa.schema([("message", pa.string())])
 MESSAGES_SCHEMA = pa.schema([("kind", pa.string()), ("rank", pa.int32()), ("message", pa.string()),
                              ("count", pa.int64()), ("reward", pa.float32()),
                              ("reward_normalized", pa.float32())])
-QUANTILES = [round(0.05 * k, 2) for k in range(1, 20)]
 # Hand-written captions: the method note's "ranked sensibly" check (progress above bumping into walls).
 PROBES_GOOD = ["You kill the newt!", "$ - 3 gold pieces.", "There is a staircase down here.",
                "Welcome to experience level 2."]
@@ -115,18 +115,6 @@ def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, m
               "train_agreement": agreement(r_all[ia[train]], r_all[ib[train]], labels[train]),
               "heldout_loss": curve[-1]["heldout_loss"], "distinct_captions": len(vocab)}
     return net, result, curve
-
-
-def weighted_stats(values: np.ndarray, weights: np.ndarray) -> tuple[float, float, dict[str, float]]:
-    """Mean, std and QUANTILES (of the normalized values) of a weighted sample."""
-    w = weights / weights.sum()
-    mean = float(np.sum(w * values))
-    std = float(np.sqrt(np.sum(w * (values - mean) ** 2))) or 1.0
-    z = (values - mean) / std
-    order = np.argsort(z, kind="stable")
-    cdf = np.cumsum(w[order])
-    quantiles = {f"{q:.2f}": float(z[order][min(np.searchsorted(cdf, q), len(z) - 1)]) for q in QUANTILES}
-    return mean, std, quantiles
 
 
 def run(ctx: StageContext) -> None:

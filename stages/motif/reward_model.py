@@ -14,15 +14,7 @@ import torch
 from torch import nn
 
 from stages.common.artifacts import load_checkpoint
-
-
-def encode(messages: list[str], max_len: int) -> torch.Tensor:
-    """(n, max_len) byte codes, 0-padded (0 never occurs in a decoded NetHack message)."""
-    out = np.zeros((len(messages), max_len), np.int64)
-    for i, m in enumerate(messages):
-        data = np.frombuffer(m.encode("latin-1", errors="replace")[:max_len], np.uint8)
-        out[i, :len(data)] = data
-    return torch.from_numpy(out)
+from stages.rl.message_reward import encode
 
 
 def trim(codes: torch.Tensor) -> torch.Tensor:
