@@ -37,7 +37,6 @@ class ResumeState:
     def save(self, tensors: Mapping[str, torch.Tensor], progress: Mapping[str, Any]) -> None:
         """Atomically replace the resume file; the sidecar (with `progress`) is written last."""
         json.dumps(progress)  # fail here, before anything is written, on what JSON cannot hold
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         artifacts.save_checkpoint(self.path, tensors, {**self.provenance, "progress": dict(progress)})
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
