@@ -6,10 +6,13 @@ calls it took to find good binders, for
   initial          the initial docked set: distinct random MDP molecules, i.e. random screening
                    (initial_docked.parquet; the same rows as origin `initial` of docked.parquet);
   run_total        what the whole run paid: the initial set, then the active-learning calls;
-  evaluate:<arm>   if evaluation_molecules.parquet exists, the top-k of each evaluation arm (policy /
-                   random / initial samples ranked by the final proxy reward), docked by the evaluate stage
-                   (molecules docked before are cache hits there, not new oracle work: evaluate:initial
-                   is mostly such).
+  evaluate:<arm>   if evaluation_molecules.parquet exists, the top-k of each evaluation arm (fresh policy /
+                   random samples ranked by the final proxy reward, the initial set's top-k, which are cache
+                   hits), docked by the evaluate stage, and `evaluate:screen`, the random-screening
+                   sequence with the method's budget;
+  method           active_learning followed by evaluate:policy: every docking call the method chose.
+The chain itself records the same accounting per seed (efficiency.parquet, claims in the aggregate);
+this script re-reads one run with any threshold or budget.
 
 A docking call is one molecule sent to the oracle (failures included). A hit is a molecule whose Vina
 score is <= the threshold: `--threshold` kcal/mol, or by default the `--percentile` (10) percentile of the
@@ -127,9 +130,12 @@ def main() -> None:
     if eval_path.exists():
         from stages.lambdazero.evaluate import MOLECULES_SCHEMA
 
-        rows = [r for r in read_table(eval_path, MOLECULES_SCHEMA).to_pylist() if r["top_k"]]
+        rows = sorted((r for r in read_table(eval_path, MOLECULES_SCHEMA).to_pylist() if r["top_k"]),
+                      key=lambda r: r["order"])                 # docking order within each arm
         for arm in dict.fromkeys(r["arm"] for r in rows):
             arms[f"evaluate:{arm}"] = [r for r in rows if r["arm"] == arm]
+        if "evaluate:policy" in arms:        # the method's own calls, as the chain's efficiency.parquet counts them
+            arms["method"] = active + arms["evaluate:policy"]
     longest = max(len(v) for v in arms.values())
     budgets = sorted(set(args.budgets)) if args.budgets else list(range(10, longest + 1, 10))
 
@@ -139,6 +145,9 @@ def main() -> None:
     a, i = out["arms"]["active_learning"], out["arms"]["initial"]
     if a["hits_per_call"] is not None and i["hits_per_call"]:
         out["active_learning_over_random_hit_rate"] = round(a["hits_per_call"] / i["hits_per_call"], 2)
+    m, sc = out["arms"].get("method"), out["arms"].get("evaluate:screen")
+    if m and sc and m["hits_per_call"] is not None and sc["hits_per_call"]:
+        out["method_over_screening_hit_rate"] = round(m["hits_per_call"] / sc["hits_per_call"], 2)
     print(json.dumps(out))
 
 

@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages.common.params import load_params  # noqa: E402
 from stages.envs.nethack import NetHackVecEnv, episode_seed, make_env, reset_seeded  # noqa: E402
+from stages.motif.intrinsic import MotifReward  # noqa: E402
 from stages.motif.reward_model import CaptionRewardNet, RewardModel  # noqa: E402
-from stages.motif.train_rl import N_ACTIONS, PPOConfig, RewardConfig, train  # noqa: E402
+from stages.motif.train_rl import N_ACTIONS, PPOConfig, train  # noqa: E402
 
 REWARD_DIR = "results/motif/reward"     # stages/motif/rules.smk: MOTIF_REWARD
 MONSTERS = ("newt", "jackal", "sewer rat", "grid bug", "kobold", "gnome lord", "floating eye", "lichen",
@@ -113,13 +114,12 @@ class FirstUpdateMark:
             yield item
 
 
-def ppo_rates(cfg: PPOConfig, policy_cfg: dict, reward_cfg: RewardConfig, rm: RewardModel | None,
-              max_episode_steps: int, seed: int) -> dict:
+def ppo_rates(cfg: PPOConfig, policy_cfg: dict, reward: MotifReward, max_episode_steps: int, seed: int) -> dict:
     mark = FirstUpdateMark()
     wall = time.perf_counter()
-    _, curve, episodes = train(cfg, policy_cfg, reward_cfg, rm, seed, None, max_episode_steps, progress=mark)
+    _, curve, episodes = train(cfg, policy_cfg, reward, seed, max_episode_steps, progress=mark)
     end_wall, end_cpu = time.perf_counter(), time.process_time()
-    steps = curve[-1][0]
+    steps = curve[-1]["step"]
     return {"steps": steps, "updates": len(curve), "episodes_ended": len(episodes),
             "setup_s": round(mark.wall - wall, 2),
             "steps_per_s": round(steps / (end_wall - mark.wall), 1),
@@ -144,7 +144,7 @@ def random_rates(n_envs: int, vec_steps: int, max_episode_steps: int, seed: int)
 
 
 def main() -> None:
-    p = load_params(ROOT / "params.yaml")["motif"]
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())["motif"]   # other blocks may be mid-edit
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=ROOT / REWARD_DIR / "model.safetensors")
     ap.add_argument("--stats", type=Path, default=ROOT / REWARD_DIR / "stats.json")
@@ -168,7 +168,8 @@ def main() -> None:
     if not args.skip_ppo:
         mode = p["agents"][args.agent]
         cfg = PPOConfig(**{**p["ppo"], "total_steps": args.total_steps, "num_envs": args.num_envs})
-        reward_cfg = RewardConfig(a_ext=mode["a_ext"], a_int=mode["a_int"], **p["intrinsic"])
+        reward = MotifReward(rm if mode["a_int"] != 0 else None, cfg.num_envs, mode["a_ext"], mode["a_int"],
+                             p["intrinsic"]["threshold_quantile"], p["intrinsic"]["beta"])
         rm.cache.clear()                                  # the run starts cold, as a real one does
         max_steps = p["env"]["max_episode_steps"]
         # warm-up: NLE's first load and torch's first optimizer (~1.8 s of lazy imports) are once per process
@@ -176,7 +177,7 @@ def main() -> None:
         reset_seeded(env, 0)
         env.close()
         torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
-        ppo = ppo_rates(cfg, p["policy"], reward_cfg, rm if mode["a_int"] != 0 else None, max_steps, args.seed)
+        ppo = ppo_rates(cfg, p["policy"], reward, max_steps, args.seed)
         rnd = random_rates(cfg.num_envs, cfg.num_updates * cfg.num_steps, max_steps, args.seed)
         out.update({"agent": args.agent, "num_envs": cfg.num_envs, "num_steps": cfg.num_steps,
                     "update_epochs": cfg.update_epochs, "reward_cache_entries": len(rm.cache),

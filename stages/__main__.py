@@ -1,4 +1,4 @@
-"""Command line: `python -m stages {run,list,show,summary,dvc,profile,new,validate,sandbox}`."""
+"""Command line: `python -m stages {run,list,show,summary,fingerprint,dvc,profile,new,validate,sandbox}`."""
 from __future__ import annotations
 
 import argparse
@@ -95,6 +95,13 @@ def cmd_dvc(args) -> int:
     return 1
 
 
+def cmd_fingerprint(args) -> int:
+    from stages.common import fingerprint
+
+    print(f"wrote {len(fingerprint.write(args.modules))} code fingerprints under {fingerprint.FINGERPRINT_DIR}/")
+    return 0
+
+
 def cmd_profile(args) -> int:
     from ruamel.yaml import YAML
 
@@ -175,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     summ = sub.add_parser("summary", help="every claim of every method, as one table")
     summ.add_argument("--tables", action="store_true", help="also print each method's summary table")
     summ.set_defaults(fn=cmd_summary)
+    fp = sub.add_parser("fingerprint", help="write data/code/<module>.sha256 for stage modules (DVC's code deps)")
+    fp.add_argument("modules", nargs="+", help="stage modules, e.g. koopman.train")
+    fp.set_defaults(fn=cmd_fingerprint)
     dvc = sub.add_parser("dvc", help="write dvc.yaml from the Snakefile")
     dvc.add_argument("--check", action="store_true", help="exit 1 if the committed dvc.yaml is stale")
     dvc.set_defaults(fn=cmd_dvc)

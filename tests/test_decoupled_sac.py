@@ -265,20 +265,39 @@ def test_tiny_sweep_evaluates_every_run_on_the_same_start_states_and_aggregates(
     small = {r["temperature"]: r for r in summary if r["scale"] == 0.1}
     assert small["auto"]["final_temperature"] > small["decoupled"]["final_temperature"]
     assert small["auto"]["target_entropy_unit"] == pytest.approx(-1 - math.log(0.1))
+    # the decoupled target in unit-box terms moves with the scale: H_min is absolute (d log 1e-3)
+    assert small["decoupled"]["target_entropy_unit"] == pytest.approx(0.1 * math.log(0.2) + 0.9 * math.log(1e-3)
+                                                                       - math.log(0.1))
+    # tau rises at s = 0.1 under -d (entropy below its target: negative gap) and falls under decoupled
+    assert small["auto"]["end_entropy_gap"] < 0 < small["auto"]["end_log_temperature_slope"]
+    assert small["decoupled"]["end_entropy_gap"] > 0 > small["decoupled"]["end_log_temperature_slope"]
+    curve = pd.read_csv(curves[0])
+    np.testing.assert_allclose(curve["entropy_gap"], curve["entropy_agent"] - curve["target_entropy"], atol=1e-5)
+    np.testing.assert_allclose(np.exp(curve["log_temperature"]), curve["temperature"], rtol=1e-5)
     import json
     verdicts = json.loads((tmp_path / "metrics.json").read_text())["envs"]["pendulum"]["verdicts"]
     claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
     # one seed per cell: every claim is a row, none is shown, and metrics.json says the same
-    assert len(claims) == 9 and all(c["n"] == 1 and not c["holds"] for c in claims)
+    assert len(claims) == 13 and all(c["n"] == 1 and not c["holds"] for c in claims)
     assert all(c["detail"].startswith("not shown") for c in claims)
     assert verdicts["n_seeds"] == 1 and not verdicts["mechanism_shown"]
     assert verdicts["candidate_temperature_lower_at_small_scale"] is False
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-def synthetic_sweep(auto_small_return=-1300.0, seeds=(0, 1, 2)):
+def synthetic_curve(log_tau_end: float, entropy_unit_end: float, gap_end: float, settled: bool) -> pd.DataFrame:
+    """A 6000-step curve, one episode per 200 steps: log tau moves linearly from 0 to log_tau_end and stays
+    there over the last half when `settled`; the entropy gap likewise goes to gap_end."""
+    step = np.arange(200, 6001, 200)
+    ramp = np.minimum(step / 3000, 1.0) if settled else step / 6000
+    return pd.DataFrame({"step": step, "temperature": np.exp(log_tau_end * ramp), "log_temperature": log_tau_end * ramp,
+                         "entropy_unit": entropy_unit_end * ramp, "entropy_gap": 3.0 + (gap_end - 3.0) * ramp})
+
+
+def synthetic_sweep(auto_small_return=-1300.0, seeds=(0, 1, 2), decoupled_settles=True):
     """Returns and curves of a 2-scale sweep that behaves like the default-scale run: at s = 0.1 the -d
-    target's temperature explodes, its policy is uniform and it fails; the decoupled one does not."""
+    target's temperature explodes, its policy is uniform and it fails; the decoupled one does not, and its
+    temperature settles (log tau flat, entropy at its target) or keeps falling."""
     rows, curves = [], {}
     rng = np.random.default_rng(0)
     for temp in ("auto", "decoupled"):
@@ -289,33 +308,71 @@ def synthetic_sweep(auto_small_return=-1300.0, seeds=(0, 1, 2)):
                     ret = (auto_small_return if bad else -130.0) + rng.normal(0, 5) + 10 * ep
                     rows.append({"env": "pendulum", "temperature": temp, "scale": scale, "seed": seed,
                                  "episode": ep, "return": ret, "action_dim": 1})
-                curves["pendulum", scale, temp, seed] = pd.DataFrame({
-                    "temperature": [1.0, 1e3 * (1 + seed) if bad else 0.08], "entropy_unit": [
-                        0.5, 0.68 - 0.01 * seed if bad else -0.2 - 0.05 * seed]})
+                if bad:
+                    curve = synthetic_curve(math.log(1e3 * (1 + seed)), 0.68 - 0.01 * seed, -1.6, settled=False)
+                elif temp == "decoupled":
+                    curve = synthetic_curve(-2.5 - 0.1 * seed, -0.2 - 0.05 * seed,
+                                            0.05 * (seed - 1) if decoupled_settles else 4.0, decoupled_settles)
+                else:
+                    curve = synthetic_curve(-1.6, 0.0, 0.9, settled=False)
+                curves["pendulum", scale, temp, seed] = curve
     return pd.DataFrame(rows), curves
+
+
+CLAIM_CFG = TINY["aggregate"] | {"tail_episodes": 1}
+PENDULUM = {"fail_below": -400.0, "same_return_margin": 50.0}
+
+
+def test_end_of_training_reads_the_gap_and_the_log_tau_slope_of_the_last_fraction_only():
+    falling = synthetic_curve(-2.4, -0.3, 4.0, settled=False)       # log tau -0.4 per 1000 steps throughout
+    gap, slope = sac_aggregate.end_of_training(falling, 0.25)
+    assert slope == pytest.approx(-0.4) and not sac_aggregate.converged(gap, slope, CLAIM_CFG)
+    assert gap == pytest.approx(np.mean(falling["entropy_gap"][falling["step"] >= 4500]))
+    settled = synthetic_curve(-2.4, -0.3, 0.1, settled=True)        # fell over the first half, flat after
+    gap, slope = sac_aggregate.end_of_training(settled, 0.25)
+    assert (gap, slope) == (pytest.approx(0.1), pytest.approx(0.0, abs=1e-9))
+    assert sac_aggregate.converged(gap, slope, CLAIM_CFG)
+    assert sac_aggregate.end_of_training(settled, 1.0)[1] < -0.3     # the whole run is not flat
+    assert not sac_aggregate.converged(0.1, math.nan, CLAIM_CFG)       # one episode: no slope, not converged
 
 
 def test_sweep_claims_use_the_seed_as_unit_and_pair_the_targets():
     returns, curves = synthetic_sweep()
-    claims = sac_aggregate.claim_rows("pendulum", returns, curves, TINY["aggregate"] | {"tail_episodes": 1},
-                                      TINY["temperatures"], fail_below=-400.0, uniform_entropy=math.log(2))
+    claims = sac_aggregate.claim_rows("pendulum", returns, curves, CLAIM_CFG, TINY["temperatures"], PENDULUM,
+                                      uniform_entropy=math.log(2))
     assert all(c["n"] == 3 for c in claims.values())
     for name in ("baseline_temperature_rises_at_small_scale", "candidate_temperature_lower_at_small_scale",
                  "baseline_entropy_near_uniform_at_small_scale", "candidate_entropy_below_uniform_at_small_scale",
                  "baseline_fails_at_small_scale", "candidate_returns_more_at_s0.1",
-                 "candidate_returns_vary_less_across_scales", "candidate_fewer_failures"):
+                 "candidate_same_return_across_scales", "candidate_returns_vary_less_across_scales",
+                 "candidate_fewer_failures", "candidate_entropy_reaches_target", "candidate_temperature_settles"):
         assert claims[name]["holds"], name
     assert not claims["candidate_returns_more_at_s1"]["holds"]      # same return at s = 1
+    assert not claims["baseline_same_return_across_scales"]["holds"]
+    # the spread is per seed: max - min over scales of the seed's mean return, then averaged over seeds
+    per_seed = returns.groupby(["temperature", "scale", "seed"])["return"].mean()
+    spread = [abs(per_seed["decoupled", 1.0, s] - per_seed["decoupled", 0.1, s]) for s in (0, 1, 2)]
+    assert claims["candidate_same_return_across_scales"]["effect"] == pytest.approx(np.mean(spread))
+    assert claims["candidate_same_return_across_scales"]["ci_high"] < PENDULUM["same_return_margin"]
     # the effect of "returns more" is the mean over seeds of the per-seed mean difference
     per_seed = returns.groupby(["temperature", "scale", "seed"])["return"].mean()
     want = np.mean([per_seed["decoupled", 0.1, s] - per_seed["auto", 0.1, s] for s in (0, 1, 2)])
     assert claims["candidate_returns_more_at_s0.1"]["effect"] == pytest.approx(want)
     # a -d target that does not fail at s = 0.1 breaks the failure and spread claims
     returns, curves = synthetic_sweep(auto_small_return=-135.0)
-    claims = sac_aggregate.claim_rows("pendulum", returns, curves, TINY["aggregate"] | {"tail_episodes": 1},
-                                      TINY["temperatures"], fail_below=-400.0, uniform_entropy=math.log(2))
+    claims = sac_aggregate.claim_rows("pendulum", returns, curves, CLAIM_CFG, TINY["temperatures"], PENDULUM,
+                                      uniform_entropy=math.log(2))
     assert not claims["baseline_fails_at_small_scale"]["holds"]
     assert not claims["candidate_returns_vary_less_across_scales"]["holds"]
+    assert claims["baseline_same_return_across_scales"]["holds"]
+    # a decoupled temperature still falling at Adam's rate, far above its target, has not converged
+    returns, curves = synthetic_sweep(decoupled_settles=False)
+    claims = sac_aggregate.claim_rows("pendulum", returns, curves, CLAIM_CFG, TINY["temperatures"], PENDULUM,
+                                      uniform_entropy=math.log(2))
+    assert not claims["candidate_entropy_reaches_target"]["holds"]
+    assert not claims["candidate_temperature_settles"]["holds"]
+    assert claims["candidate_temperature_settles"]["effect"] == pytest.approx(
+        np.mean([(2.5 + 0.1 * s) / 6 for s in (0, 1, 2)]))
 
 
 class QuadraticBandit(gym.Env):

@@ -1,5 +1,6 @@
 """DemP: dead-unit criterion, real structural pruning (outputs and optimizer state preserved), the
 one-cycle schedule, asymmetric noise, the CIFAR-10 loaders on generated samples, and the tiny chain."""
+import functools
 import json
 import math
 import pickle
@@ -268,45 +269,113 @@ def test_synthetic_task_is_deterministic_and_balanced_enough():
     assert a["train"][0].shape == (400, 1, 8, 8) and np.bincount(a["train"][1]).min() > 50
 
 
+def test_validation_split_comes_from_train_and_is_disjoint_from_train_and_test():
+    cfg = dict(data_seed=3, n_classes=4, n_train=200, n_test=50, size=6, noise=0.5, shift=1)
+    raw = datasets.synthetic(cfg)
+    splits = datasets.split_validation(raw, 0.2, seed=3)
+    assert [len(splits[s][1]) for s in ("train", "val", "test")] == [160, 40, 50]
+    key = {s: {x.tobytes() for x in splits[s][0]} for s in splits}    # noisy images: all distinct
+    assert not key["val"] & key["train"] and not key["val"] & key["test"]
+    assert key["val"] | key["train"] == {x.tobytes() for x in raw["train"][0]}, "val is cut from train"
+    np.testing.assert_array_equal(splits["test"][0], raw["test"][0])
+    with pytest.raises(datasets.DatasetError, match="val_fraction"):
+        datasets.split_validation(raw, 0.001, seed=0)
+
+
+# --- stages in process -------------------------------------------------------------------------------
+
+@functools.cache
+def tiny_params() -> dict:
+    """params.yaml + config/tiny.yaml, only the demp block, validated against its own schema."""
+    import yaml
+
+    from stages.common.code import ROOT
+    from stages.common.params import deep_merge, schema_at, validate
+
+    base, tiny = (yaml.safe_load((ROOT / f).read_text())["demp"] for f in ("params.yaml", "config/tiny.yaml"))
+    demp = deep_merge(base, tiny)
+    validate(demp, "demp (tiny)", schema_at("demp"), "demp")
+    return {"demp": demp}
+
+
+def tiny_param(dotted: str):
+    node = tiny_params()
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def run_stage(module, keys, inputs, outputs, **wildcards):
+    """Run one stage module in process at the tiny profile; `keys`: alias -> key under demp."""
+    from stages.common.stage import StageContext
+
+    keys = {a: f"demp.{d}" for a, d in keys.items()}
+    module.run(StageContext(stage=module.__name__.removeprefix("stages."),
+                            params={a: tiny_param(d) for a, d in keys.items()}, param_keys=keys, inputs=inputs,
+                            outputs=outputs, seed_value=0, wildcards={k: str(v) for k, v in wildcards.items()}))
+
+
+def test_final_prune_keeps_the_magnitude_baselines_widths_and_prunes_demp(tmp_path):
+    """Units that die while the magnitude baseline is fine-tuned stay: cutting them would compare DemP
+    against a smaller network. The same checkpoint as a DemP run loses them."""
+    from stages.common.artifacts import save_checkpoint
+    from stages.demp import data, prune
+
+    dataset = tmp_path / "dataset.parquet"
+    run_stage(data, {"dataset": "datasets.synthetic"}, {}, {"dataset": dataset}, dataset="synthetic")
+    model_cfg = tiny_param("demp.models.convnet")
+    x, y = data.load_splits(dataset)["train"]
+    torch.manual_seed(0)
+    model = nets.build(model_cfg, x.shape[1:], int(y.max()) + 1)
+    kill(model, tuple(x.shape[1:]), {0: [1], 2: [0, 3]})
+    (tmp_path / "run").mkdir()
+    save_checkpoint(tmp_path / "run/trained.safetensors", nets.to_tensors(model), {})
+    widths = {}
+    for variant in ("magnitude_l0", "demp_l0"):
+        out = tmp_path / variant
+        run_stage(prune, {"model": "models.convnet", "criterion": "criterion"},
+                  {"dataset": dataset, "model": tmp_path / "run/trained.safetensors"},
+                  {"model": out / "pruned.safetensors", "widths": out / "widths.parquet"},
+                  dataset="synthetic", model="convnet", variant=variant, seed=0)
+        widths[variant] = pq.read_table(out / "widths.parquet").to_pylist()
+    full = model_cfg["conv"] + model_cfg["fc"]
+    assert [w["pruned"] for w in widths["magnitude_l0"]] == full
+    assert [w["live"] for w in widths["magnitude_l0"]] == [full[0] - 1, full[1], full[2] - 2]
+    assert [w["pruned"] for w in widths["demp_l0"]] == [full[0] - 1, full[1], full[2] - 2]
+
+
 # --- the tiny chain in process -----------------------------------------------------------------------
 def test_tiny_chain_in_process_takes_run_identity_from_wildcards(tmp_path):
     """data -> train (dense, demp_l0) -> prune -> magnitude_l0 -> prune -> evaluate -> aggregate, each stage
     handed its job's wildcards; the run folders (a, b, c) carry no identity."""
     from stages.common.artifacts import read_provenance
-    from stages.common.code import ROOT
-    from stages.common.params import load_params
-    from stages.common.stage import StageContext
     from stages.demp import aggregate, data, evaluate, magnitude, prune, train
 
-    tiny = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")
-
-    def get(dotted):
-        node = tiny
-        for part in dotted.split("."):
-            node = node[part]
-        return node
-
-    def run(module, keys, inputs, outputs, **wildcards):
-        keys = {a: f"demp.{d}" for a, d in keys.items()}
-        module.run(StageContext(stage=module.__name__.removeprefix("stages."),
-                                params={a: get(d) for a, d in keys.items()}, param_keys=keys, inputs=inputs,
-                                outputs=outputs, seed_value=0, wildcards={k: str(v) for k, v in wildcards.items()}))
-
+    get, run = tiny_param, run_stage
     job = {"dataset": "synthetic", "model": "convnet", "seed": 0}
     fit = {"dataset": "datasets.synthetic", "model": "models.convnet", "train": "train", "criterion": "criterion"}
     dataset = tmp_path / "dataset.parquet"
     run(data, {"dataset": "datasets.synthetic"}, {}, {"dataset": dataset}, dataset="synthetic")
+    splits = data.load_splits(dataset)
+    n_train = get("demp.datasets.synthetic.n_train")
+    assert len(splits["val"][1]) == round(get("demp.datasets.synthetic.val_fraction") * n_train)
+    assert len(splits["train"][1]) + len(splits["val"][1]) == n_train
     dense, demp, mag = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run(train, fit, {"dataset": dataset}, {"model": dense / "trained.safetensors", "curve": dense / "curve.csv"}, **job)
     run(train, {**fit, "demon": "demon", "sweep": "sweep.convnet"}, {"dataset": dataset},
         {"model": demp / "trained.safetensors", "curve": demp / "curve.csv"}, lam=0, **job)
     assert (demp / "curve.csv").read_text().splitlines()[0] == ",".join(train.CURVE_COLUMNS)
+    curve = evaluate.read_curve(demp / "curve.csv")
+    assert all(b["elapsed_s"] > a["elapsed_s"] > 0 for a, b in zip(curve, curve[1:]))
+    for a, b in zip(curve, curve[1:]):    # steps/s since the previous row, from the same clock
+        assert b["steps_per_s"] == pytest.approx((b["step"] - a["step"]) / (b["elapsed_s"] - a["elapsed_s"]),
+                                                 rel=1e-3)
 
     def prune_and_evaluate(folder, variant):
         run(prune, {"model": "models.convnet", "criterion": "criterion"},
             {"dataset": dataset, "model": folder / "trained.safetensors"},
             {"model": folder / "pruned.safetensors", "widths": folder / "widths.parquet"}, variant=variant, **job)
-        run(evaluate, {"model": "models.convnet", "evaluate": "evaluate"},
+        run(evaluate, {"model": "models.convnet", "evaluate": "evaluate", "demon": "demon"},
             {"dataset": dataset, "model": folder / "pruned.safetensors", "reference": dense / "trained.safetensors",
              "curve": folder / "curve.csv"},
             {"table": folder / "eval.parquet", "metrics": folder / "metrics.json"}, variant=variant, **job)
@@ -318,7 +387,7 @@ def test_tiny_chain_in_process_takes_run_identity_from_wildcards(tmp_path):
         {"dataset": dataset, "dense": dense / "trained.safetensors", "target": demp / "pruned.safetensors"},
         {"model": mag / "trained.safetensors", "curve": mag / "curve.csv"}, lam=0, **job)
     prune_and_evaluate(mag, "magnitude_l0")
-    run(aggregate, {"sweep": "sweep", "aggregate": "aggregate"},
+    run(aggregate, {"sweep": "sweep", "aggregate": "aggregate", "magnitude": "magnitude"},
         {"tables": [f / "eval.parquet" for f in (dense, demp, mag)], "curves": [demp / "curve.csv"]},
         {"table": tmp_path / "summary.parquet", "plot": tmp_path / "tradeoff.png", "metrics": tmp_path / "m.json",
          "claims": tmp_path / "claims.parquet"})
@@ -327,22 +396,34 @@ def test_tiny_chain_in_process_takes_run_identity_from_wildcards(tmp_path):
         ("synthetic", "convnet", v, v.split("_l")[0]) for v in ("dense", "demp_l0", "magnitude_l0")]
     assert summary[1]["lambda_max"] == get("demp.sweep.convnet.lambda_max")[0]
     assert summary[1]["units"] == summary[2]["units"], "magnitude is pruned to DemP's widths"
+    assert summary[1]["chosen"] and summary[2]["chosen"] and not summary[0]["chosen"]   # the only point
+    steps, freq = get("demp.train.steps"), get("demp.demon.pruning_freq")
+    for folder in (dense, demp):
+        speeds = pq.read_table(folder / "eval.parquet").column("period_steps_per_s").to_pylist()[0]
+        assert len(speeds) == math.ceil(steps / freq) and min(speeds) > 0
+    assert summary[1]["steps_per_s_first"] > 0 and summary[1]["steps_per_s_last"] > 0
     claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
-    assert [c["metric"].split(",")[0] for c in claims] == ["test accuracy", "test accuracy", "latency"]
+    assert [c["metric"].split(",")[0] for c in claims] == ["test accuracy", "test accuracy", "latency",
+                                                           "steps/s last / first pruning period"]
+    assert all("(val-chosen)" in c["claim"] for c in claims)
     assert all(c["n"] <= 1 and not c["holds"] and c["detail"].startswith("not shown") for c in claims)
     assert "latency not measured" in claims[2]["detail"]          # the tiny profile skips timing
     point = json.loads((tmp_path / "m.json").read_text())["synthetic/convnet"]
-    assert point["demp_wins"] == 0 and point["max_removed_within_tol"] == 0.0    # one seed shows nothing
+    assert point["demp_wins"] == 0 and point["chosen"]["lambda_max"] == get("demp.sweep.convnet.lambda_max")[0]
 
 
-def eval_rows(acc: dict, removed=0.5, latency=(0.5, 0.6, 0.55)) -> list[dict]:
-    """Per-seed evaluation rows of one (dataset, model) with one sweep point."""
+def eval_rows(acc: dict, removed=0.5, latency=(0.5, 0.6, 0.55), val: dict | None = None,
+              speed: dict | None = None) -> list[dict]:
+    """Per-seed evaluation rows of one (dataset, model); `acc` (test) and `val`: variant -> per seed;
+    `removed`: a number or {variant: number}; `speed`: variant -> steps/s per period (every seed)."""
     out = []
     for variant, accs in acc.items():
         for seed, a in enumerate(accs):
+            cut = removed.get(variant, 0.0) if isinstance(removed, dict) else (0.0 if variant == "dense" else removed)
             out.append({"dataset": "digits", "model": "mlp", "variant": variant, "seed": seed, "test_acc": a,
-                        "removed_fraction": 0.0 if variant == "dense" else removed,
-                        "latency_ratio": latency[seed] if variant == "demp_l0" else 1.0})
+                        "val_acc": (val or acc)[variant][seed], "removed_fraction": cut,
+                        "latency_ratio": latency[seed] if variant.startswith("demp") else 1.0,
+                        "period_steps_per_s": (speed or {}).get(variant, [10.0, 10.0])})
     return out
 
 
@@ -352,16 +433,94 @@ def test_claims_pair_variants_by_seed_and_test_dense_within_the_tolerance():
     sweep = {"mlp": {"lambda_max": [0.03]}}
     rows = eval_rows({"dense": [0.980, 0.990, 0.985], "demp_l0": [0.978, 0.987, 0.984],
                       "magnitude_l0": [0.960, 0.975, 0.970]})
-    within, beats, faster = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
+    within, beats, faster, _ = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
     assert within["effect"] == pytest.approx(-0.002) and within["holds"]       # 0.2 points below dense, tol 1
     assert beats["effect"] == pytest.approx(np.mean([0.018, 0.012, 0.014])) and beats["holds"]
     assert faster["effect"] == pytest.approx(0.55) and faster["holds"] and faster["n"] == 3
-    assert "digits/mlp, lambda_max 0.03 (50% of units removed)" in within["claim"]
+    assert "digits/mlp lambda_max 0.03, 50% units removed" in within["claim"]
     # 3 points below dense: outside a 1-point tolerance, and magnitude wins in one seed of three
     rows = eval_rows({"dense": [0.980, 0.990, 0.985], "demp_l0": [0.950, 0.960, 0.955],
                       "magnitude_l0": [0.940, 0.965, 0.950]})
-    within, beats, _ = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
+    within, beats, _, _ = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)]
     assert not within["holds"] and not beats["holds"]
+
+
+def test_lambda_is_chosen_on_validation_where_validation_and_test_disagree():
+    """Two sweep points; l1 removes more. Case A: on validation l1 falls 2 points below dense (outside the
+    1-point tolerance) while on test it is level with dense: the choice must be l0. Case B, the mirror:
+    l1 is level on validation and 3 points down on test: l1 is chosen, and its test claim fails."""
+    from stages.demp.aggregate import choose, claim_rows
+
+    sweep = {"mlp": {"lambda_max": [0.03, 0.1]}}
+    test = {"dense": [0.98, 0.98, 0.98], "demp_l0": [0.975, 0.976, 0.977], "demp_l1": [0.98, 0.981, 0.979]}
+    val = {"dense": [0.97, 0.97, 0.97], "demp_l0": [0.968, 0.969, 0.97], "demp_l1": [0.95, 0.951, 0.949]}
+    removed = {"demp_l0": 0.4, "demp_l1": 0.8}
+    rows = eval_rows(test, val=val, removed=removed)
+    pick = choose(rows, sweep, tol=0.01)[("digits", "mlp")]
+    assert pick["lambda_max"] == 0.03 and "within 0.01" in pick["why"]
+    assert pick["val_acc"] == pytest.approx(0.969) and pick["dense_val_acc"] == pytest.approx(0.97)
+    claims = claim_rows(rows, sweep, 0.01, {("digits", "mlp"): pick})
+    assert "(val-chosen)" in claims[("digits", "mlp", 0.03)][0]["claim"]
+    assert "(val-chosen)" not in claims[("digits", "mlp", 0.1)][0]["claim"]
+    # a choice by test accuracy would have been l1 (level with dense and 80% removed)
+    assert claims[("digits", "mlp", 0.1)][0]["holds"]
+
+    rows = eval_rows({**test, "demp_l1": [0.95, 0.951, 0.949]},
+                     val={**val, "demp_l1": [0.97, 0.971, 0.969]}, removed=removed)
+    pick = choose(rows, sweep, tol=0.01)[("digits", "mlp")]
+    assert pick["lambda_max"] == 0.1
+    within = claim_rows(rows, sweep, 0.01, {("digits", "mlp"): pick})[("digits", "mlp", 0.1)][0]
+    assert "(val-chosen)" in within["claim"] and within["effect"] == pytest.approx(-0.03) and not within["holds"]
+
+    # nothing within tolerance on validation: the most accurate point on validation
+    rows = eval_rows(test, val={**val, "demp_l0": [0.90] * 3, "demp_l1": [0.93] * 3}, removed=removed)
+    pick = choose(rows, sweep, tol=0.01)[("digits", "mlp")]
+    assert pick["lambda_max"] == 0.1 and pick["why"].startswith("no point within")
+
+
+def test_aggregate_refuses_a_magnitude_baseline_of_other_widths():
+    from stages.demp.aggregate import WidthMismatch, check_widths
+
+    rows = [{"dataset": "digits", "model": "mlp", "variant": v, "seed": 0, "widths": w}
+            for v, w in (("dense", [256, 256]), ("demp_l0", [100, 40]), ("magnitude_l0", [100, 40]))]
+    check_widths(rows, "per_layer")
+    rows[2]["widths"] = [100, 38]                      # two units re-pruned after fine-tuning
+    with pytest.raises(WidthMismatch, match=r"magnitude_l0 seed 0: magnitude widths \[100, 38\] vs DemP \[100, 40\]"):
+        check_widths(rows, "per_layer")
+    rows[2]["widths"] = [110, 30]                      # a global threshold moves units between layers
+    check_widths(rows, "global")
+    with pytest.raises(WidthMismatch):
+        check_widths(rows, "per_layer")
+
+
+def test_steps_per_second_per_pruning_period_from_the_curve():
+    from stages.demp.evaluate import period_speeds
+
+    # 10 steps per row; periods of 20 steps taking 2 s, 1 s and (the 10-step tail) 0.25 s
+    elapsed = {10: 1.0, 20: 2.0, 30: 2.5, 40: 3.0, 50: 3.25}
+    curve = [{"step": k, "elapsed_s": v} for k, v in elapsed.items()]
+    assert period_speeds(curve, 20) == pytest.approx([10.0, 20.0, 40.0])
+    # a period boundary without its own row (25) falls back on the last row before it
+    assert period_speeds(curve, 25) == pytest.approx([20 / 2.0, 30 / 1.25])
+
+
+def test_training_speedup_claim_divides_out_the_dense_runs_drift():
+    from stages.demp.aggregate import claim_rows
+
+    sweep = {"mlp": {"lambda_max": [0.03]}}
+    acc = {"dense": [0.98] * 3, "demp_l0": [0.97] * 3, "magnitude_l0": [0.97] * 3}
+    # the machine got 10% faster for every run (dense: 1.1x); DemP's last period is 2.2x its first in
+    # seeds 0 and 1 (2x from pruning, whatever the seed's overall speed) and 2x in seed 2 (1.82x)
+    rows = eval_rows(acc, speed={"dense": [10.0, 10.0, 11.0]})
+    demp = {r["seed"]: r for r in rows if r["variant"] == "demp_l0"}
+    demp[0]["period_steps_per_s"] = [8.0, 12.0, 17.6]
+    demp[1]["period_steps_per_s"] = [4.0, 6.0, 8.8]
+    demp[2]["period_steps_per_s"] = [8.0, 12.0, 16.0]
+    speed = claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)][3]
+    assert speed["effect"] == pytest.approx(np.mean([2.0, 2.0, 16 / 8 / 1.1])) and speed["n"] == 3
+    assert speed["holds"] and "speeds up" in speed["claim"]
+    rows = eval_rows(acc, speed={"dense": [10.0, 10.0], "demp_l0": [10.0, 10.0]})
+    assert not claim_rows(rows, sweep, tol=0.01)[("digits", "mlp", 0.03)][3]["holds"]
 
 
 def test_method_of_a_variant():
@@ -393,4 +552,7 @@ def test_tiny_demp_chain_builds(tmp_path, env):
     assert (tmp_path / "results/demp/tradeoff.png").stat().st_size > 0
     assert math.isnan(demp_row["latency_ratio"]), "the tiny profile skips timing (deterministic)"
     claims = pq.read_table(tmp_path / "results/demp/claims.parquet").to_pylist()
-    assert len(claims) == 3 and {c["method"] for c in claims} == {"demp"}
+    assert len(claims) == 4 and {c["method"] for c in claims} == {"demp"}
+    evals = {r["variant"]: r for r in (pq.read_table(p).to_pylist()[0]
+                                       for p in (tmp_path / "results/demp").glob("*/*/*/seed0/eval.parquet"))}
+    assert evals["magnitude_l0"]["widths"] == evals["demp_l0"]["widths"], "equal widths, layer by layer"

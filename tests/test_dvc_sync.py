@@ -16,7 +16,11 @@ def test_committed_dvc_yaml_matches_the_snakefile():
 def test_dvc_stages_declare_code_params_and_outputs():
     stages = yaml.safe_load(dvcgen.render())["stages"]
     train = stages["koopman_train_duffing_0"]
-    assert "stages/koopman/train.py" in train["deps"]
+    assert train["deps"][0] == "data/code/koopman.train.sha256"  # its code, as one fingerprint file
+    assert not any(d.startswith("stages/") for d in train["deps"])
+    code = stages["code_fingerprints"]
+    assert "stages/koopman/train.py" in code["deps"] and "stages/common/stage.py" in code["deps"]
+    assert {"data/code/koopman.train.sha256": {"cache": False}} in code["outs"]
     assert "data/koopman/duffing/trajectories.parquet" in train["deps"]
     assert train["params"] == ["koopman.model", "koopman.systems.duffing", "koopman.train"]
     assert "results/koopman/duffing/seed0/model.safetensors" in train["outs"]

@@ -140,6 +140,22 @@ def test_reward_is_dock_term_times_gates_for_real_molecules():
     assert r[0] > r[1], "same order of binding terms, but the fatty acid fails the QED gate"
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_size_correction_scales_the_binding_value_by_a_power_of_heavy_atoms(alpha):
+    # 10 and 40 heavy atoms, the same predicted -score 10 kcal/mol: ligand efficiency 1.0 vs 0.25
+    mols = [Chem.MolFromSmiles("C" * 10), Chem.MolFromSmiles("C" * 40)]
+    cfg = RewardConfig(size_exponent=alpha, size_reference=20.0, dock_offset=0.0, dock_scale=1.0)
+    reward = MoleculeReward(cfg, FixedProxy([10.0, 10.0]))
+    reward(mols)
+    c = reward.components
+    assert list(c["heavy_atoms"]) == [10, 40]
+    assert c["binding"] == pytest.approx([10.0 * 2.0 ** alpha, 10.0 * 0.5 ** alpha])
+    if alpha == 1.0:    # pure ligand efficiency, in units of a 20-atom molecule
+        assert c["binding"] == pytest.approx([20 * 10.0 / 10, 20 * 10.0 / 40])
+    with pytest.raises(ValueError, match="size_reference"):
+        MoleculeReward(RewardConfig(size_reference=0.0), FixedProxy([1.0]))([mols[0]])
+
+
 def test_seh_reward_matches_the_published_task_reward_times_gates():
     from stages.chem.seh_proxy import load_seh_proxy, seh_task_reward
 
@@ -231,7 +247,7 @@ def run_active_learning(tmp_path, monkeypatch, p: dict) -> tuple[FakeOracle, lis
     train_rl.run(ctx)
     return fake, init_smiles, {"blocks": blocks, "receptor": blocks, "box": blocks,
                                **{k: tmp_path / v for k, v in outs.items() if k in ("policy", "proxy", "docked",
-                                                                                    "rounds")}}
+                                                                                    "rounds", "curve")}}
 
 
 def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, monkeypatch):
@@ -245,10 +261,20 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
     assert rounds[-1]["oracle_queries"] == len(docked)
     assert rounds[-1]["best_score_so_far"] == min(d["score"] for d in docked)
     assert rounds[-1]["proxy_evaluations"] > rounds[-1]["oracle_queries"]
+    # oracle accounting: the method's own docking calls exclude the initial set; distinct proxy molecules
+    # are at most the proxy calls and at least every molecule the method docked
+    assert [r["method_docking_calls"] for r in rounds] == [3, 6] and len(fake.asked) == 6
+    assert rounds[-1]["method_docking_calls"] <= rounds[-1]["proxy_distinct"] <= rounds[-1]["proxy_evaluations"]
+    assert all(d["ligand_efficiency"] == pytest.approx(-d["score"] / d["heavy_atoms"]) for d in docked)
+    acquired = [d for d in docked if d["origin"] == "active_learning"]
+    assert rounds[0]["mean_le_round"] == pytest.approx(np.mean([d["ligand_efficiency"] for d in acquired[:3]]))
     proposals = read_table(tmp_path / "proposals.parquet", train_rl.PROPOSALS_SCHEMA).to_pylist()
     assert sum(p["selected"] for p in proposals) == len(fake.asked)
     curve = pd.read_csv(tmp_path / "curve.csv")
     assert tuple(curve.columns) == train_rl.CURVE_COLUMNS and list(curve["round"]) == [1, 2, 3]
+    assert curve["proxy_distinct"].is_monotonic_increasing
+    assert (curve["proxy_distinct"] <= curve["proxy_evaluations"]).all()
+    assert curve["proxy_distinct"].iloc[-1] >= rounds[-1]["proxy_distinct"]
     # selected = the highest-reward proposals not docked before
     for r in (1, 2):
         mine = [x for x in proposals if x["round"] == r and not x["already_docked"]]
@@ -257,52 +283,91 @@ def test_active_learning_never_docks_a_molecule_twice_and_logs_rounds(tmp_path, 
         assert not others or min(chosen) >= max(others)
 
 
-def test_evaluate_scores_three_arms_docks_their_top_k_and_counts_only_new_docking(tmp_path, monkeypatch):
+def test_evaluate_docks_fresh_top_k_per_arm_and_screens_at_the_method_budget(tmp_path, monkeypatch):
+    import json
+
     from stages.lambdazero import evaluate
-    from stages.lambdazero.evaluate import ARMS, MOLECULES_SCHEMA
+    from stages.lambdazero.efficiency import EFFICIENCY_SCHEMA
+    from stages.lambdazero.evaluate import ARMS, MOLECULES_SCHEMA, SCREEN
 
     p = small_params()
-    _, init_smiles, inputs = run_active_learning(tmp_path, monkeypatch, p)
+    trainer, init_smiles, inputs = run_active_learning(tmp_path, monkeypatch, p)
     trained = read_table(inputs["docked"], DOCKED_SCHEMA).to_pylist()
     fake = FakeOracle()
     monkeypatch.setattr(evaluate, "make_oracle", lambda *a, **k: fake)
     top_k = 4
-    p = {**p, "evaluate": {"n_samples": 12, "top_k": top_k, "novelty_threshold": 0.4, "min_topk_pass_rate": 0.8},
+    p = {**p, "evaluate": {"n_samples": 12, "top_k": top_k, "novelty_threshold": 0.4, "min_topk_pass_rate": 0.8,
+                           "thresholds": [-3.0, -100.0]},
          "filters": {"qed_min": 0.5, "sa_max": 4.0}}
     outs = {"molecules": "molecules.parquet", "table": "evaluation.parquet", "plot": "evaluation.png",
-            "metrics": "metrics.json"}
+            "metrics": "metrics.json", "efficiency": "efficiency.parquet"}
     evaluate.run(ctx_for(tmp_path, "evaluate", p, inputs, outs))
 
     mols = pd.DataFrame(read_table(tmp_path / "molecules.parquet", MOLECULES_SCHEMA).to_pylist())
-    assert list(dict.fromkeys(mols.arm)) == list(ARMS)
-    assert sorted(mols[mols.arm == "initial"].smiles) == sorted(set(init_smiles))
-    queried = {train_rl.canonical(r["smiles"]) for r in trained}
-    asked, new = [], {}
+    assert list(dict.fromkeys(mols.arm)) == [*ARMS, SCREEN]
+    train_keys = {train_rl.canonical(r["smiles"]) for r in trained}
+    init_keys = {train_rl.canonical(s) for s in init_smiles}
+    assert (mols.in_training == mols.smiles.isin(train_keys)).all()
+    initial = mols[mols.arm == "initial"]
+    assert sorted(initial.smiles) == sorted(init_keys) and initial.in_training.all()
+    asked = []
     for arm in ARMS:
         mine = mols[mols.arm == arm]
         assert mine.smiles.is_unique
-        top = mine[mine.top_k].sort_values("reward", ascending=False, kind="stable")   # docking order
-        assert len(top) == min(top_k, len(mine))
-        assert top.reward.min() >= np.max(mine[~mine.top_k].reward.to_numpy(), initial=-np.inf)   # the k best
-        keys = [train_rl.canonical(s) for s in top.smiles]
-        assert list(top.score) == pytest.approx([-Chem.MolFromSmiles(k).GetNumAtoms() / 3 for k in keys])
-        asked += keys
-        new[arm] = sum(k not in queried for k in keys)
-        queried.update(keys)
-    # every top-k goes through the (caching) oracle; only molecules never docked before count as new
-    assert fake.asked == asked
-    assert new["initial"] == 0 and new["random"] > 0
-    assert (mols[mols.arm == "initial"].max_sim_to_train == 1.0).all()    # all in the proxy's training set
-    summary = {r["arm"]: r for r in read_table(tmp_path / "evaluation.parquet").to_pylist()}
-    assert {a: summary[a]["topk_docked_new"] for a in ARMS} == new
-    assert summary["initial"]["novelty"] == 0.0
-    assert summary["policy"]["topk_mean_score"] == pytest.approx(mols[(mols.arm == "policy") & mols.top_k].score.mean())
-    import json
+        pool = mine if arm == "initial" else mine[~mine.in_training]      # out of sample: fresh molecules only
+        top = mine[mine.top_k].sort_values("order")
+        assert len(top) == min(top_k, len(pool)) and top.smiles.isin(pool.smiles).all()
+        assert top.reward.min() >= np.max(pool[~pool.top_k].reward.to_numpy(), initial=-np.inf)   # the k best
+        assert list(top.reward) == sorted(top.reward, reverse=True)                        # docked best first
+        assert list(top.score) == pytest.approx([-Chem.MolFromSmiles(k).GetNumAtoms() / 3 for k in top.smiles])
+        assert list(top.ligand_efficiency) == pytest.approx(list(-top.score / top.heavy_atoms))
+        asked += list(top.smiles)
+    policy_top = mols[(mols.arm == "policy") & mols.top_k].sort_values("order")
+    budget = len(trainer.asked) + len(policy_top)
+    screen = mols[mols.arm == SCREEN].sort_values("order")
+    # random screening: as many distinct random molecules outside the initial set as the method's calls
+    assert len(screen) == budget and screen.smiles.is_unique and screen.top_k.all()
+    assert not screen.smiles.isin(init_keys).any() and list(screen.order) == list(range(budget))
+    assert fake.asked == asked + list(screen.smiles)
 
+    eff = {(r["sequence"], r["threshold_name"]): r for r in read_table(tmp_path / "efficiency.parquet",
+                                                                       EFFICIENCY_SCHEMA).to_pylist()}
+    acquired = [r["score"] for r in trained if r["origin"] == "active_learning"]
+    method_scores = acquired + list(policy_top.score)
+    initial_best = min(r["score"] for r in trained if r["origin"] == "initial")
+    assert eff["method", "initial_best"]["threshold"] == initial_best
+    for seq, scores in (("method", method_scores), (SCREEN, list(screen.score))):
+        for name, x in (("initial_best", initial_best), ("-3", -3.0)):
+            row = eff[seq, name]
+            first = next((i + 1 for i, v in enumerate(scores) if v <= x), None)
+            assert row["budget"] == budget and row["calls_to_reach"] == first
+            assert row["hits"] == sum(v <= x for v in scores) and row["best_score"] == min(scores)
+        assert eff[seq, "-100"]["calls_to_reach"] is None and eff[seq, "-100"]["calls_to_reach_censored"] == budget + 1
+
+    summary = {r["arm"]: r for r in read_table(tmp_path / "evaluation.parquet").to_pylist()}
+    assert summary["policy"]["n_fresh"] == (~mols[mols.arm == "policy"].in_training).sum()
+    assert summary["initial"]["in_sample"] and summary["initial"]["novelty"] == 0.0
+    assert summary["policy"]["topk_mean_score"] == pytest.approx(policy_top.score.mean())
+    assert summary["policy"]["topk_mean_le"] == pytest.approx(1 / 3)        # the fake scores -atoms / 3
+    assert summary["policy"]["topk_proxy_error"] == pytest.approx((policy_top.proxy_mu + policy_top.score).mean())
     oracle = json.loads((tmp_path / "metrics.json").read_text())["oracle"]
-    assert oracle["queries_training"] == len({r["smiles"] for r in trained})
-    assert oracle["queries_evaluate"] == sum(new.values())
-    assert oracle["queries_total"] == oracle["queries_training"] + sum(new.values())
+    curve = pd.read_csv(inputs["curve"])
+    assert oracle["initial_docking_calls"] == 6 and oracle["method_docking_calls_training"] == len(trainer.asked)
+    assert oracle["method_docking_calls"] == budget
+    assert oracle["proxy_distinct_training"] == curve["proxy_distinct"].iloc[-1]
+
+
+def test_efficiency_counts_calls_to_the_first_hit_and_censors_at_budget_plus_one():
+    from stages.lambdazero.efficiency import calls_to_reach, efficiency_rows
+
+    scores, le = [-5.0, None, -8.0, -9.5, -7.0], [0.2, None, 0.3, 0.25, 0.4]
+    rows = {r["threshold_name"]: r for r in efficiency_rows("m", scores, le, {"a": -8.0, "b": -10.0, "c": -5.0})}
+    assert calls_to_reach(scores, -8.0) == 3 and calls_to_reach([], -1.0) is None
+    assert (rows["a"]["calls_to_reach"], rows["a"]["hits"], rows["a"]["hit_rate"]) == (3, 2, 0.4)
+    assert (rows["b"]["calls_to_reach"], rows["b"]["calls_to_reach_censored"], rows["b"]["hits"]) == (None, 6, 0)
+    assert (rows["c"]["calls_to_reach"], rows["c"]["hits"]) == (1, 4)
+    assert rows["a"]["best_score"] == -9.5 and rows["a"]["best_le"] == 0.4
+    assert rows["a"]["mean_score"] == pytest.approx(np.mean([-5.0, -8.0, -9.5, -7.0]))
 
 
 # --- set metrics and the verdict --------------------------------------------------------------------
@@ -326,26 +391,38 @@ def test_diversity_and_novelty_on_hand_examples():
     assert idx[0] == 1 and 0 < s[0] < 1
 
 
-def arm_rows(mu, reward, scores, passing):
+def arm_rows(mu, reward, scores, passing, in_training=(False, False, False)):
     return [{"smiles": s, "proxy_mu": m, "reward": r, "qed": 0.7 if ok else 0.1, "sa": 2.0, "top_k": sc is not None,
-             "score": sc, "passes_gates": ok, "max_sim_to_train": 0.2}
-            for s, m, r, sc, ok in zip(["CCO", "c1ccccc1O", "C1CCNCC1"], mu, reward, scores, passing)]
+             "score": sc, "passes_gates": ok, "max_sim_to_train": 0.2, "heavy_atoms": n, "in_training": t}
+            for s, m, r, sc, ok, n, t in zip(["CCO", "c1ccccc1O", "C1CCNCC1"], mu, reward, scores, passing,
+                                             (3, 7, 6), in_training)]
 
 
 @pytest.mark.parametrize("policy_scores, policy_pass, holds", [
     ([-9.0, -8.0, None], [True, True, True], True),
     ([-5.0, -4.0, None], [True, True, True], False),      # worse docking than random
     ([-9.0, -8.0, None], [False, True, True], False),     # half of the top-k fail the gates
+    ([-5.0, -8.0, None], [True, True, True], False),      # better raw score, lower ligand efficiency
 ])
-def test_verdict_follows_its_three_checks(policy_scores, policy_pass, holds):
+def test_verdict_follows_its_checks(policy_scores, policy_pass, holds):
     f = {"qed_min": 0.5, "sa_max": 4.0}
     pol = summarize("policy", arm_rows([7, 8, 9], [1, 1, 1], policy_scores, policy_pass), f, 0.4, 2)
     rnd = summarize("random", arm_rows([5, 5, 6], [0.5, 0.5, 0.5], [-6.0, -6.5, None], [True] * 3), f, 0.4, 2)
-    assert pol["topk_mean_score"] == pytest.approx(np.mean([s for s in policy_scores if s is not None]))
-    assert pol["unique_scaffolds"] == 3 and pol["novelty"] == 1.0
-    v = verdict({"policy": pol, "random": rnd}, np.array([s for s in policy_scores if s is not None]),
-                np.array([-6.0, -6.5]), min_pass_rate=0.8)
-    assert v["holds"] is holds
+    scored = [s for s in policy_scores if s is not None]
+    assert pol["topk_mean_score"] == pytest.approx(np.mean(scored))
+    assert pol["topk_mean_le"] == pytest.approx(np.mean([-scored[0] / 3, -scored[1] / 7]))
+    assert pol["unique_scaffolds"] == 3 and pol["novelty"] == 1.0 and pol["n_fresh"] == 3
+    assert verdict({"policy": pol, "random": rnd}, min_pass_rate=0.8)["holds"] is holds
+
+
+def test_summary_scores_only_fresh_molecules_unless_the_arm_is_in_sample():
+    f = {"qed_min": 0.5, "sa_max": 4.0}
+    rows = arm_rows([7, 8, 20], [1, 1, 9], [-9.0, -8.0, None], [True] * 3, in_training=(False, False, True))
+    fresh = summarize("policy", rows, f, 0.4, 2)
+    assert (fresh["n_molecules"], fresh["n_fresh"], fresh["mean_proxy_mu"]) == (3, 2, 7.5)
+    assert fresh["fresh_fraction"] == pytest.approx(2 / 3) and not fresh["in_sample"]
+    whole = summarize("initial", rows, f, 0.4, 0, in_sample=True)
+    assert whole["mean_proxy_mu"] == pytest.approx(35 / 3) and whole["in_sample"]
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -398,6 +475,7 @@ def test_export_ranks_diverse_filtered_unique_candidates_with_poses(tmp_path):
         m = Chem.MolFromSmiles(c["smiles"])
         assert m is not None and not pains_alerts(m) and lipinski_violations(m) <= 1
         assert c["qed"] >= 0.5 and c["sa"] <= 4.0 and c["nearest_train_smiles"] != c["smiles"]
+        assert c["ligand_efficiency"] == pytest.approx(-c["docking_score"] / m.GetNumHeavyAtoms())
     assert [c["docking_score"] for c in cands] == sorted(c["docking_score"] for c in cands)
     assert [c["rank"] for c in cands] == list(range(1, len(cands) + 1))
     assert len({c["cluster"] for c in cands}) == len(cands), "one compound per cluster"
@@ -414,60 +492,96 @@ def test_export_refuses_duplicate_inchikeys():
         export.check_candidates([{"inchikey": "A", "smiles": "CCO"}, {"inchikey": "A", "smiles": "OCC"}])
 
 
+def efficiency_table(method: tuple, screen: tuple) -> pa.Table:
+    """Efficiency rows at the initial-best threshold: (hit_rate, calls_to_reach_censored, best_score, best_le)."""
+    from stages.lambdazero.efficiency import EFFICIENCY_SCHEMA
+
+    rows = [{"sequence": seq, "threshold_name": "initial_best", "threshold": -9.0, "budget": 38, "calls_to_reach": c,
+             "calls_to_reach_censored": c, "hits": int(h * 38), "hit_rate": h, "best_score": b, "mean_score": b,
+             "best_le": le, "mean_le": le} for seq, (h, c, b, le) in (("method", method), ("screen", screen))]
+    return pa.Table.from_pylist(rows, EFFICIENCY_SCHEMA)
+
+
 def test_aggregate_takes_each_seed_from_the_provenance_of_its_inputs(tmp_path):
+    import json
+
     from stages.common.artifacts import write_table
     from stages.lambdazero import aggregate
+    from stages.lambdazero.efficiency import EFFICIENCY_SCHEMA
     from stages.lambdazero.evaluate import ARMS, SUMMARY_SCHEMA
 
-    tables, metrics, candidates = [], [], []
+    tables, metrics, candidates, efficiency = [], [], [], []
     for seed, n_cand, holds in ((7, 2, True), (3, 0, False)):
         run = tmp_path / f"run_{n_cand}"          # folder names carry no seed
         wildcards = {"wildcards": {"seed": str(seed)}}
-        rows = [{f.name: (arm if f.name == "arm" else 1) for f in SUMMARY_SCHEMA} for arm in ARMS]
+        rows = [{f.name: (arm if f.name == "arm" else False if f.name == "in_sample" else 1) for f in SUMMARY_SCHEMA}
+                for arm in ARMS]
         write_table(run / "evaluation.parquet", pa.Table.from_pylist(rows, SUMMARY_SCHEMA), SUMMARY_SCHEMA, wildcards)
-        (run / "metrics.json").write_text(f'{{"verdict": {{"holds": {str(holds).lower()}}}, "oracle": {{}}}}')
-        # candidates listed in another order than the tables: they are matched by seed, not position
+        (run / "metrics.json").write_text(json.dumps({"verdict": {"holds": holds}, "oracle": {
+            "method_docking_calls_per_proxy_distinct": 0.012 + seed / 1000}}))
+        # candidates and efficiency listed in another order than the tables: matched by seed, not position
         cand = tmp_path / f"cand_{seed}.parquet"
         blank = [dict.fromkeys(export.CANDIDATES_SCHEMA.names)] * n_cand
         write_table(cand, pa.Table.from_pylist(blank, export.CANDIDATES_SCHEMA), export.CANDIDATES_SCHEMA, wildcards)
+        eff = tmp_path / f"eff_{seed}.parquet"
+        # the method beats screening by the same margin in both seeds except on ligand efficiency (tied)
+        write_table(eff, efficiency_table((0.5 + seed / 100, 2, -10.0 - seed / 100, 0.4),
+                                          (0.1, 20 + seed // 7, -8.0, 0.4)),
+                    EFFICIENCY_SCHEMA, wildcards)
         tables.append(run / "evaluation.parquet")
         metrics.append(run / "metrics.json")
         candidates.insert(0, cand)
+        efficiency.insert(0, eff)
     aggregate.run(ctx_for(tmp_path, "aggregate", {"evaluate": {"min_topk_pass_rate": 0.8}},
-                          {"tables": tables, "metrics": metrics, "candidates": candidates},
+                          {"tables": tables, "metrics": metrics, "candidates": candidates, "efficiency": efficiency},
                           {"table": "summary.parquet", "plot": "summary.png", "metrics": "summary.json",
-                           "claims": "claims.parquet"}))
+                           "claims": "claims.parquet", "efficiency": "efficiency.parquet"}))
     summary = read_table(tmp_path / "summary.parquet").to_pylist()
     assert [(r["seed"], r["arm"]) for r in summary] == [(s, a) for s in (3, 7) for a in ARMS]
     assert {r["seed"]: r["candidates_exported"] for r in summary} == {3: 0, 7: 2}
-    import json
+    eff_rows = read_table(tmp_path / "efficiency.parquet").to_pylist()
+    assert [(r["seed"], r["sequence"]) for r in eff_rows] == [(s, q) for s in (3, 7) for q in ("method", "screen")]
     # both arms score 1 in both seeds: no effect on proxy or docking, whatever each seed's own verdict
-    # said; every top-k passes the gates (1 > 0.8 in both seeds)
+    # said; every top-k passes the gates (1 > 0.8 in both seeds); the method beats screening except on LE
     metrics = json.loads((tmp_path / "summary.json").read_text())
-    assert metrics["claims_hold"] == "1/3" and metrics["holds"] is False and metrics["seeds"] == 2
+    assert metrics["claims_hold"] == "5/9" and metrics["holds"] is False and metrics["seeds"] == 2
     assert {k: v["holds"] for k, v in metrics["claims"].items()} == {
-        "beats_random_on_proxy": False, "beats_random_on_topk_docking": False, "topk_passes_gates": True}
+        "beats_random_on_proxy_out_of_sample": False, "beats_random_on_topk_docking": False,
+        "beats_random_on_topk_ligand_efficiency": False, "topk_passes_gates": True,
+        "method_hit_rate_beats_screening": True, "method_reaches_initial_best_in_fewer_calls": True,
+        "method_best_beats_screening": True, "method_le_vs_screening": False,
+        "docking_is_a_small_fraction_of_proxy_scored": True}
     claims = read_table(tmp_path / "claims.parquet").to_pylist()
-    assert [(c["n"], c["effect"]) for c in claims] == [(2, 0.0), (2, 0.0), (2, 1.0)]
+    assert [(c["n"], c["effect"]) for c in claims[:4]] == [(2, 0.0), (2, 0.0), (2, 0.0), (2, 1.0)]
+    assert claims[5]["effect"] == pytest.approx(np.mean([2 - 20, 2 - 21]))
 
 
 def test_claims_compare_policy_and_random_paired_by_seed():
     from stages.lambdazero.aggregate import claim_rows
 
-    rows = [{"seed": s, "arm": arm, "mean_proxy_mu": mu, "topk_mean_score": score, "topk_gate_pass_rate": rate}
+    rows = [{"seed": s, "arm": arm, "mean_proxy_mu": mu, "topk_mean_score": score, "topk_gate_pass_rate": rate,
+             "topk_mean_le": le}
             for s, per_arm in enumerate((
-                {"policy": (8.7, -9.0, 0.83), "random": (5.4, -7.8, 0.88)},
-                {"policy": (8.1, -8.6, 1.00), "random": (5.2, -7.6, 0.75)},
-                {"policy": (8.9, -9.4, 0.90), "random": (5.5, -7.9, 0.80)}))
-            for arm, (mu, score, rate) in per_arm.items()]
+                {"policy": (8.7, -9.0, 0.83, 0.30), "random": (5.4, -7.8, 0.88, 0.40)},
+                {"policy": (8.1, -8.6, 1.00, 0.31), "random": (5.2, -7.6, 0.75, 0.38)},
+                {"policy": (8.9, -9.4, 0.90, 0.29), "random": (5.5, -7.9, 0.80, 0.41)}))
+            for arm, (mu, score, rate, le) in per_arm.items()]
     claims = claim_rows(rows, min_pass_rate=0.8)
-    assert claims["beats_random_on_proxy"]["effect"] == pytest.approx(np.mean([3.3, 2.9, 3.4]))
-    assert claims["beats_random_on_proxy"]["holds"] and "in-sample" in claims["beats_random_on_proxy"]["detail"]
+    proxy = claims["beats_random_on_proxy_out_of_sample"]
+    assert proxy["effect"] == pytest.approx(np.mean([3.3, 2.9, 3.4]))
+    assert proxy["holds"] and "out of sample" in proxy["detail"]
     assert claims["beats_random_on_topk_docking"]["effect"] == pytest.approx(np.mean([-1.2, -1.0, -1.5]))
     assert claims["beats_random_on_topk_docking"]["holds"] and claims["beats_random_on_topk_docking"]["n"] == 3
+    # better raw scores, worse per heavy atom: the size claim fails while the docking claim holds
+    assert claims["beats_random_on_topk_ligand_efficiency"]["effect"] == pytest.approx(np.mean([-0.1, -0.07, -0.12]))
+    assert not claims["beats_random_on_topk_ligand_efficiency"]["holds"]
     assert not claims["topk_passes_gates"]["holds"]       # 0.91 on average over 3 seeds: p = 0.08
+    assert claims["method_hit_rate_beats_screening"]["n"] == 0      # no efficiency rows: nothing claimed
+    fraction = claim_rows(rows, 0.8, docked_fraction=[0.04, 0.045, 0.06])["docking_is_a_small_fraction_of_proxy_scored"]
+    assert fraction["effect"] == pytest.approx(0.04833, abs=1e-4) and not fraction["holds"]   # mean under 0.05, CI not
+    assert not claims["method_hit_rate_beats_screening"]["holds"]
     one_seed = claim_rows([r for r in rows if r["seed"] == 0], min_pass_rate=0.8)
-    assert all(c["n"] == 1 and c["detail"].startswith("not shown") for c in one_seed.values())
+    assert all(c["n"] <= 1 and c["detail"].startswith("not shown") for c in one_seed.values())
 
 
 # --- real docking through the stages ----------------------------------------------------------------

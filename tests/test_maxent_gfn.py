@@ -231,7 +231,8 @@ def test_tiny_chain_aggregates_runs_by_the_wildcards_in_their_provenance(tmp_pat
     assert set(grid["objectives"]) == {"tb", "naive_sql"}
     # TB gets "matches R/Z", naive SQL "misses R/Z"; one seed shows neither
     claims = pq.read_table(tmp_path / "claims.parquet").to_pylist()
-    assert [c["metric"] for c in claims] == ["exact L1 to R/Z (null: 10 l1_max)", "exact L1 to R/Z (null: l1_max)"]
+    assert [c["metric"] for c in claims] == ["exact L1 to R/Z (null: miss_factor l1_max)",
+                                                "exact L1 to R/Z (null: l1_max)"]
     assert all(c["n"] == 1 and not c["holds"] and c["detail"].startswith("not shown") for c in claims)
     assert grid["checks"] == {"naive_sql_misses_target": False, "tb_l1": False} and not grid["all_checks_pass"]
 
@@ -272,19 +273,20 @@ def test_molecules_aggregate_takes_objective_and_seed_from_the_samples_provenanc
         run = tmp_path / f"run_{i}"
         write_table(run / "samples.parquet", SAMPLES_SCHEMA.empty_table(), SAMPLES_SCHEMA,
                     {"wildcards": {"mol_objective": objective, "seed": "5"}})
-        m = {c: 1 for c in molecules_aggregate.COLUMNS}
+        m = {c: "plateau" if c == "stopped_by" else 1 for c in molecules_aggregate.COLUMNS}
         (run / "metrics.json").write_text(json.dumps({**m, "pearson_logp_logr": pearson, "seed": 0,
                                                       "objective": {"backward": backward}}))
+        (run / "train_curve.csv").write_text(f"step,pearson_logp_logr\n50,{pearson / 2}\n100,{pearson}\n")
         samples.append(run / "samples.parquet")
         metrics.insert(0, run / "metrics.json")
     molecules_aggregate.run(StageContext(
         stage="maxent_gfn.molecules_aggregate", params={}, param_keys={},
-        inputs={"samples": samples, "metrics": metrics},
+        inputs={"samples": samples, "metrics": metrics, "curves": [m.parent / "train_curve.csv" for m in metrics]},
         outputs={n: tmp_path / f for n, f in (("table", "s.parquet"), ("plot", "p.png"), ("metrics", "m.json"),
                                               ("claims", "c.parquet"))}))
     rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
-    assert [(r["objective"], r["backward"], r["seed"]) for r in rows] == [
-        ("gsql_maxent_pb", "maxent", 5), ("naive_sql", "none", 5)]
+    assert [(r["objective"], r["backward"], r["seed"], r["stopped_by"]) for r in rows] == [
+        ("gsql_maxent_pb", "maxent", 5, "plateau"), ("naive_sql", "none", 5, "plateau")]
     checks = json.loads((tmp_path / "m.json").read_text())["checks"]
     assert checks == {"gsql_maxent_pb_correlates_better_than_naive_sql": False}   # one seed: not shown
     claim = pq.read_table(tmp_path / "c.parquet").to_pylist()[0]
@@ -296,16 +298,188 @@ def test_molecule_claims_pair_objectives_by_seed():
 
     pearson = {"gsql_maxent_pb": ("maxent", [0.28, 0.31, 0.30]), "gsql_uniform_pb": ("uniform", [0.34, 0.30, 0.35]),
                "naive_sql": ("none", [0.19, 0.22, 0.20])}
-    rows = [{"objective": o, "backward": b, "seed": s, "pearson_logp_logr": v}
-            for o, (b, vs) in pearson.items() for s, v in enumerate(vs)]
+    entropy = {"maxent": [20.1, 20.3, 20.2], "uniform": [19.9, 20.05, 20.0], "none": [23.0, 23.1, 23.2]}
+    path_kl = {"maxent": [0.5, 0.55, 0.4], "uniform": [0.7, 0.8, 0.6], "none": [0.3, 0.3, 0.3]}
+    rows = [{"objective": o, "backward": b, "seed": s, "pearson_logp_logr": v, "trajectory_entropy": entropy[b][s],
+             "path_kl": path_kl[b][s]} for o, (b, vs) in pearson.items() for s, v in enumerate(vs)]
     claims = claim_rows(rows)
+    assert set(claims) == {"gsql_maxent_pb_correlates_better_than_naive_sql",
+                           "gsql_uniform_pb_correlates_better_than_naive_sql",
+                           "gsql_maxent_pb_correlates_better_than_gsql_uniform_pb",
+                           "gsql_maxent_pb_higher_entropy_than_gsql_uniform_pb",
+                           "gsql_maxent_pb_lower_path_kl_than_gsql_uniform_pb"}
     assert claims["gsql_maxent_pb_correlates_better_than_naive_sql"]["holds"]
     assert claims["gsql_uniform_pb_correlates_better_than_naive_sql"]["holds"]
     better = claims["gsql_maxent_pb_correlates_better_than_gsql_uniform_pb"]
     assert better["effect"] == pytest.approx(-0.1 / 3) and not better["holds"]
+    # paired by seed: +0.2, +0.25, +0.2 nats of entropy; -0.2, -0.25, -0.2 path KL
+    assert claims["gsql_maxent_pb_higher_entropy_than_gsql_uniform_pb"]["effect"] == pytest.approx(0.65 / 3)
+    assert claims["gsql_maxent_pb_higher_entropy_than_gsql_uniform_pb"]["holds"]
+    lower = claims["gsql_maxent_pb_lower_path_kl_than_gsql_uniform_pb"]
+    assert lower["effect"] == pytest.approx(-0.65 / 3) and lower["holds"]
 
 
 def _get(params: dict, dotted: str):
     for part in dotted.split("."):
         params = params[part]
     return params
+
+
+# --- fragment molecules: exact entropies of construction orders, the early stop, the aggregates ---------
+
+def small_mdp(max_blocks: int):
+    from stages.chem.blocks import Block
+    from stages.envs.fragments import FragmentMDP
+
+    # a chain piece (2 stems), a branching piece (3 stems) and a cap: trees of every shape up to 5 nodes
+    return FragmentMDP([Block("CC", (0, 1)), Block("CC(C)C", (0, 2, 3)), Block("Cl", (0,))],
+                       max_blocks=max_blocks, fp_bits=32)
+
+
+def forward_sequences(mdp):
+    """Every action sequence from the empty state with its states: {x: [[(s, a), ...], ...]}."""
+    from stages.envs.fragments import STOP
+
+    out, stack = {}, [(mdp.initial_state(), ())]
+    while stack:
+        s, seq = stack.pop()
+        if s.blocks:
+            out.setdefault(s, []).append(seq)
+        for a in np.flatnonzero(mdp.action_mask(s)):
+            if a != STOP:
+                stack.append((mdp.step(s, int(a)), seq + ((s, int(a)),)))
+    return out
+
+
+def test_ancestor_dag_gives_the_exact_order_entropy_of_a_policy():
+    """log P(x), H(tau | x) and log n(x) from the level DP equal brute force over every construction order."""
+    from stages.envs.fragments import STOP
+    from stages.rl.frag_soft_q import AncestorDAG, CachedReward, FragSoftQ, FragSoftQConfig
+
+    mdp = small_mdp(3)
+    torch.manual_seed(0)
+    agent = FragSoftQ(mdp, FragSoftQConfig(hidden=16), CachedReward(mdp, lambda m: np.ones(len(m))))
+    seqs = forward_sequences(mdp)
+    xs = sorted(seqs, key=lambda s: (s.n_blocks, s.blocks, s.bonds))
+    d = AncestorDAG(mdp, xs).evaluate(agent)
+    with torch.no_grad():
+        lp = {s: row for s, row in zip(xs + [mdp.initial_state()],
+                                        agent.log_policy(xs + [mdp.initial_state()])[0].double().numpy())}
+    for i, x in enumerate(xs):
+        logs = np.array([sum(lp[s][a] for s, a in seq) for seq in seqs[x]])   # log P_F of each order
+        cond = np.exp(logs - np.logaddexp.reduce(logs))
+        assert d["log_p"][i] == pytest.approx(np.logaddexp.reduce(logs) + lp[x][STOP], abs=1e-9)
+        assert d["cond_entropy"][i] == pytest.approx(-(cond * np.log(cond)).sum(), abs=1e-9)
+        assert d["log_n"][i] == pytest.approx(math.log(len(seqs[x])), abs=1e-12)
+    assert max(len(v) for v in seqs.values()) >= 4 and (d["log_n"] - d["cond_entropy"]).min() > -1e-9
+
+
+def backward_kl_brute_force(mdp, x):
+    """KL(uniform-P_B(tau | x) || uniform over x's orders), enumerating every backward path."""
+    probs, stack = [], [(x, 1.0)]
+    while stack:
+        s, p = stack.pop()
+        parents = mdp.parents(s)
+        if not parents:
+            probs.append(p)
+        stack.extend((q, p / len(parents)) for q, _ in parents)
+    probs = np.array(probs)
+    return float((probs * np.log(probs * len(probs))).sum())
+
+
+def has_symmetric_edges(mdp, x, memo=None) -> bool:
+    """Whether some ancestor of x (x included) is reached twice from one parent (a symmetric parent)."""
+    memo = {} if memo is None else memo
+    if x not in memo:
+        parents = [p for p, _ in mdp.parents(x)]
+        memo[x] = len(set(parents)) < len(parents) or any(has_symmetric_edges(mdp, p, memo) for p in parents)
+    return memo[x]
+
+
+def test_maxent_and_uniform_backward_policies_differ_only_from_five_blocks():
+    """n(s) / n(s') = 1 / #in-edges on every tree of up to 4 blocks built without symmetric parents (so GSQL
+    with either P_B is the same objective there); a symmetric parent (one reached twice from a symmetric
+    state) breaks it at any size. The 5-node spider (a branch with arms of 1, 1 and 2 blocks) is the
+    smallest asymmetric tree that differs: KL = 2/3 log(28/24) + 1/3 log(28/36) = 0.0190 nats (28 orders:
+    8 + 8 ending with a short arm, 12 ending with the long one)."""
+    from stages.rl.frag_soft_q import AncestorDAG
+
+    mdp4 = small_mdp(4)
+    states, frontier = [], [mdp4.initial_state()]
+    while frontier:                               # every state, level by level
+        frontier = list(dict.fromkeys(mdp4.step(s, int(a)) for s in frontier
+                                      for a in np.flatnonzero(mdp4.action_mask(s)) if a != 0))
+        states += frontier
+    kl = AncestorDAG(mdp4, states).uniform_pb_path_kl()
+    memo = {}
+    symmetric = np.array([has_symmetric_edges(mdp4, x, memo) for x in states])
+    assert max(s.n_blocks for s in states) == 4 and 0 < symmetric.sum() < len(states)
+    assert np.abs(kl[~symmetric]).max() < 1e-12 and kl[symmetric].max() > 0.01
+
+    mdp5 = small_mdp(5)
+    branch, chain, cap = 1, 0, 2
+    spider = mdp5.make_state([branch, cap, cap, chain, cap],
+                             [(0, 0, 1, 0), (0, 1, 2, 0), (0, 2, 3, 0), (3, 1, 4, 0)])
+    assert not has_symmetric_edges(mdp5, spider)
+    kl = AncestorDAG(mdp5, [spider]).uniform_pb_path_kl()[0]
+    assert kl == pytest.approx(2 / 3 * math.log(28 / 24) + 1 / 3 * math.log(28 / 36), abs=1e-12)
+    assert kl == pytest.approx(backward_kl_brute_force(mdp5, spider), abs=1e-12)
+
+
+def test_trajectory_entropy_matches_its_monte_carlo_definition():
+    """The Rao-Blackwellised H(tau) equals -E log P_F(tau) over the same samples, within their errors."""
+    from stages.rl.frag_soft_q import CachedReward, FragSoftQ, FragSoftQConfig, trajectory_entropy_metrics
+
+    mdp = small_mdp(3)
+    torch.manual_seed(1)
+    agent = FragSoftQ(mdp, FragSoftQConfig(hidden=16), CachedReward(mdp, lambda m: np.ones(len(m))))
+    trajs = agent.sample(800, torch.Generator().manual_seed(0))
+    m = trajectory_entropy_metrics(agent, [t[-1][0] for t in trajs])
+    mc = -agent.log_prob_trajectories(trajs)
+    assert abs(m["trajectory_entropy"] - mc.mean()) < 3 * mc.std() / math.sqrt(len(mc))
+    assert m["trajectory_entropy"] == pytest.approx(m["terminal_entropy"] + m["conditional_entropy"])
+    assert m["path_kl"] > 0 and m["uniform_pb_path_kl"] >= 0 and m["entropy_samples"] == 800
+
+
+def test_training_stops_when_the_correlation_stops_rising():
+    from stages.maxent_gfn.molecules import plateaued
+
+    rows = [{"pearson_logp_logr": v} for v in (0.1, 0.3, 0.35, 0.34, 0.36)]
+    assert not plateaued(rows, patience=3, min_delta=0.01)       # 0.36 > 0.3 + 0.01 within the last 3
+    assert plateaued(rows + [{"pearson_logp_logr": 0.33}], patience=3, min_delta=0.01)   # best before 0.35
+    assert not plateaued(rows[:3], patience=3, min_delta=0.0)     # too few rows to judge
+
+
+def test_modes_under_the_final_sampler_and_per_grid_thresholds():
+    assert aggregate.expected_distinct(np.array([1.0, 0.0, 0.5]), 2) == pytest.approx(1.75)
+    agg = {"l1_max": 0.02, "entropy_gap_max": 0.05, "grids": {"big": {"l1_max": 0.25}}}
+    assert aggregate.thresholds_for(agg, "big") == {"l1_max": 0.25, "entropy_gap_max": 0.05}
+    assert aggregate.thresholds_for(agg, "small") == {"l1_max": 0.02, "entropy_gap_max": 0.05}
+
+
+def test_molecule_stage_end_to_end_and_identical_objectives_below_five_blocks(tmp_path):
+    """The molecules stage on the tiny profile: curve with the correlation, metrics with the stop reason and
+    the entropies. At 2 blocks max-ent and uniform P_B are the same reward, so the two runs coincide."""
+    from stages.maxent_gfn import molecules
+
+    tiny = load_params(ROOT / "params.yaml", ROOT / "config/tiny.yaml")
+    keys = {"task": "maxent_gfn.molecules.task", "train": "maxent_gfn.molecules.train",
+            "stopping": "maxent_gfn.molecules.stopping"}
+    out = {}
+    for objective in ("gsql_maxent_pb", "gsql_uniform_pb"):
+        run = tmp_path / objective
+        okeys = {**keys, "objective": f"maxent_gfn.molecules.objectives.{objective}"}
+        molecules.run(StageContext(
+            stage="maxent_gfn.molecules", params={a: _get(tiny, d) for a, d in okeys.items()}, param_keys=okeys,
+            inputs={}, outputs={n: run / f for n, f in (("model", "model.safetensors"), ("samples", "s.parquet"),
+                                                        ("curve", "curve.csv"), ("metrics", "m.json"))},
+            seed_value=0, wildcards={"mol_objective": objective, "seed": "0"}))
+        out[objective] = json.loads((run / "m.json").read_text())
+        header = (run / "curve.csv").read_text().splitlines()[0].split(",")
+        assert {"pearson_logp_logr", "test_path_kl", "modes_visited"} <= set(header)
+    m = out["gsql_maxent_pb"]
+    assert m["stopped_by"] in ("budget", "plateau") and m["iterations"] <= m["max_iterations"]
+    assert m["uniform_pb_path_kl"] == 0 and m["mean_log_paths"] == pytest.approx(math.log(2))
+    assert m["trajectory_entropy"] == pytest.approx(m["terminal_entropy"] + m["conditional_entropy"])
+    for key in ("trajectory_entropy", "path_kl", "pearson_logp_logr", "modes", "modes_visited"):
+        assert out["gsql_uniform_pb"][key] == pytest.approx(m[key], abs=1e-6), key

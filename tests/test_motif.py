@@ -189,6 +189,26 @@ def test_reward_model_learns_a_synthetic_preference():
     assert r[0] > r[1] and r[2] > r[3]          # unseen captions ranked by the learnt rule
 
 
+@pytest.mark.parametrize("fraction,seed", [(0.3, 0), (0.5, 4)])
+def test_caption_split_has_no_caption_overlap(fraction, seed):
+    from stages.motif.reward import caption_split
+
+    rng = np.random.default_rng(seed)
+    a, b = synthetic_captions(rng, 600), synthetic_captions(rng, 600)
+    train, test, held = caption_split(a, b, fraction, seed)
+    vocab = set(a) | set(b)
+    assert len(held) == round(fraction * len(vocab)) and held < vocab
+    train_caps = {a[i] for i in train} | {b[i] for i in train}
+    test_caps = {a[i] for i in test} | {b[i] for i in test}
+    assert train_caps.isdisjoint(test_caps) and test_caps <= held and train_caps.isdisjoint(held)
+    assert len(test) > 0 and len(train) > len(test)
+    # every pair is in train, in test or straddles the split (one caption on each side), never two of them
+    straddling = [i for i in range(len(a)) if (a[i] in held) != (b[i] in held)]
+    assert sorted([*train, *test, *straddling]) == list(range(len(a)))
+    again = caption_split(a, b, fraction, seed)
+    assert again[2] == held and caption_split(a, b, fraction, seed + 1)[2] != held
+
+
 def test_soft_targets_follow_the_labels():
     assert soft_targets(np.array([1, 2, 0])).tolist() == [0.0, 1.0, 0.5]
 
@@ -231,11 +251,16 @@ def test_reward_stage_skips_masked_labels_and_writes_its_artifacts(tmp_path):
                                                         ("curve", "csv")]}
     ctx = StageContext("motif.reward", {"model": REWARD_MODEL, "train": {
         "seed": 0, "epochs": 3, "batch_size": 64, "lr": 0.01, "weight_decay": 0.0, "heldout_fraction": 0.2,
+        "caption_heldout_fraction": 0.4, "caption_split_seed": 3,
         "report_top": 4}}, {"model": "motif.reward.model", "train": "motif.reward.train"},
         {n: tmp_path / f"{n}.parquet" for n in ("steps", "pairs", "annotations")}, outs)
     run(ctx)
     metrics = json.loads(outs["metrics"].read_text())
     assert metrics["usable_pairs"] == 360 and metrics["masked"] == 40
+    split = metrics["caption_split"]     # 0.4 of the captions held out: ~16% of the pairs are both unseen
+    assert split["heldout_captions"] == round(0.4 * split["distinct_captions"])
+    assert split["n_train"] + split["n_heldout"] + split["straddling_pairs"] == 360
+    assert split["heldout_decided"] > 20 and split["heldout_agreement"] > 0.7   # "gold" generalizes (3 epochs)
     stats = json.loads(outs["stats"].read_text())
     q = [stats["quantiles"][f"{p:.2f}"] for p in np.arange(0.05, 0.96, 0.05)]
     assert len(q) == 19 and q == sorted(q) and stats["std"] > 0 and stats["model"] == REWARD_MODEL
@@ -455,6 +480,49 @@ def test_evaluate_plays_the_requested_held_out_episodes():
     assert all(1 <= r["steps"] <= 30 and r["max_depth"] >= 1 and r["turns"] >= 1 for r in rows)
 
 
+def test_evaluate_tallies_every_step_message_and_its_intrinsic_reward():
+    from stages.motif.evaluate import MessageTally
+
+    model, tally = tiny_reward_model(), MessageTally()
+    rows = evaluate(PolicyActor(None, N_ACTIONS, 0), evaluation_seeds(0, 3), model,
+                    {"beta": 3.0, "threshold_quantile": 0.5}, parallel=2, max_episode_steps=40, tally=tally)
+    msgs = pd.DataFrame(tally.rows(model))
+    # every step of every episode shows exactly one message (maybe empty); intrinsic reward adds up
+    assert msgs.steps.sum() == sum(r["steps"] for r in rows)
+    assert msgs.intrinsic.sum() == pytest.approx(sum(r["intrinsic_return"] for r in rows))
+    assert (msgs.episodes >= 1).all() and (msgs.episodes <= 3).all() and (msgs.episodes <= msgs.steps).all()
+    assert list(msgs.steps) == sorted(msgs.steps, reverse=True) and msgs.message.is_unique
+    nonempty = msgs[msgs.message != ""]
+    assert len(nonempty) and np.allclose(nonempty.rhat, model.normalized(list(nonempty.message)))
+    assert msgs[msgs.message == ""].rhat.isna().all()
+    # a message pays only above the threshold, at most rhat per episode with beta = 3 (1 + 1/8 + ...)
+    eps = model.threshold(0.5)
+    assert (nonempty[nonempty.rhat <= eps].intrinsic == 0).all()
+    paid = nonempty[nonempty.rhat > eps]
+    assert (paid.intrinsic <= paid.rhat * paid.episodes * 1.21).all() and (paid.intrinsic >= paid.rhat).all()
+
+
+def test_messages_by_agent_sums_seeds_and_ranks_by_steps():
+    from stages.motif.aggregate import messages_by_agent
+
+    def tally(rows):
+        return pd.DataFrame(rows, columns=["message", "steps", "episodes", "rhat", "intrinsic"])
+
+    out = messages_by_agent({
+        ("intrinsic", 0): tally([("", 50, 2, np.nan, 0.0), ("You kill it!", 10, 2, 3.0, 4.0),
+                                 ("Ouch.", 5, 1, -1.0, 0.0)]),
+        ("intrinsic", 1): tally([("", 30, 2, np.nan, 0.0), ("Ouch.", 20, 2, -1.0, 0.0),
+                                 ("You kill it!", 2, 1, 3.0, 2.0)]),
+        ("random", 0): tally([("Ouch.", 7, 1, -1.0, 0.0)])})
+    assert list(out.agent) == ["random", "intrinsic", "intrinsic", "intrinsic"]
+    r = out[out.agent == "intrinsic"].set_index("message")
+    assert list(r.index) == ["", "Ouch.", "You kill it!"] and list(r["rank"]) == [0, 1, 2]
+    assert r.loc["Ouch.", "steps"] == 25 and r.loc["Ouch.", "seeds"] == 2 and r.loc["You kill it!", "episodes"] == 3
+    assert r.loc["", "step_share"] == pytest.approx(80 / 117) and r.step_share.sum() == pytest.approx(1.0)
+    assert r.loc["You kill it!", "intrinsic_share"] == 1.0 and r.loc["Ouch.", "intrinsic_share"] == 0.0
+    assert out[out.agent == "random"]["rank"].tolist() == [1]    # no empty message: ranks start at 1
+
+
 def seed_episodes(per_seed: dict[str, list[float]], quantity="score") -> dict:
     """{(agent, seed): episodes} with 2 held-out episodes per seed whose mean `quantity` is given."""
     out = {}
@@ -488,7 +556,16 @@ def test_reward_model_claims_count_held_out_pairs_and_probe_captions():
 
     probes = {**{m: 2.0 + i for i, m in enumerate(PROBES_GOOD)},
               **{m: -0.5 - 0.1 * i for i, m in enumerate(PROBES_BAD)}}
-    claims = claim_rows({}, {"heldout_agreement": 0.947, "heldout_decided": 599, "probe_rewards_normalized": probes})
+    split = {"heldout_agreement": 0.7769, "heldout_decided": 251, "heldout_captions": 77, "distinct_captions": 256,
+             "n_train": 1460}
+    claims = claim_rows({}, {"heldout_agreement": 0.947, "heldout_decided": 599, "probe_rewards_normalized": probes,
+                             "caption_split": split})
+    unseen = claims["reward_model_agrees_with_judge_unseen_captions"]
+    assert unseen["n"] == 251 and unseen["effect"] == pytest.approx(195 / 251) and unseen["holds"]
+    assert "77 of 256 captions" in unseen["detail"]
+    # too few unseen pairs to measure: no claim row, rather than a row about nothing
+    assert "reward_model_agrees_with_judge_unseen_captions" not in claim_rows(
+        {}, {"caption_split": {**split, "heldout_agreement": None, "heldout_decided": 0}})
     agree = claims["reward_model_agrees_with_judge"]
     assert agree["n"] == 599 and agree["effect"] == pytest.approx(567 / 599) and agree["holds"]
     assert agree["unit"] == "held-out caption pair" and agree["test"] == "exact binomial"
@@ -499,7 +576,7 @@ def test_reward_model_claims_count_held_out_pairs_and_probe_captions():
 def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
     from stages.common.artifacts import save_checkpoint, write_table
     from stages.motif.aggregate import run
-    from stages.motif.evaluate import EPISODES_SCHEMA
+    from stages.motif.evaluate import EPISODES_SCHEMA, MESSAGES_SCHEMA
     from stages.motif.policy import Agent
 
     def episodes(folder, wildcards, inputs, score):
@@ -509,6 +586,10 @@ def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
         path = tmp_path / folder / "episodes.parquet"
         write_table(path, pa.Table.from_pylist(rows, EPISODES_SCHEMA), EPISODES_SCHEMA,
                     {"wildcards": wildcards, "inputs": inputs})
+        msgs = [{"message": "", "steps": 10, "episodes": 3, "rhat": float("nan"), "intrinsic": 0.0},
+                {"message": f"score {score}", "steps": 5, "episodes": 3, "rhat": 1.0, "intrinsic": 1.5}]
+        write_table(path.with_name("messages.parquet"), pa.Table.from_pylist(msgs, MESSAGES_SCHEMA),
+                    MESSAGES_SCHEMA, {"wildcards": wildcards, "inputs": inputs})
         return path
 
     # folder names that say nothing (or something wrong) about the run
@@ -520,13 +601,18 @@ def test_aggregate_takes_agent_and_seed_from_provenance_not_paths(tmp_path):
     (tmp_path / "reward.json").write_text(json.dumps({"heldout_agreement": 0.8}))
     outs = {"table": tmp_path / "summary.parquet", "table_csv": tmp_path / "summary.csv",
             "plot": tmp_path / "agents.png", "metrics": tmp_path / "metrics.json",
-            "claims": tmp_path / "claims.parquet"}
-    run(StageContext("motif.aggregate", {}, {}, {"episodes": [trained, random],
+            "claims": tmp_path / "claims.parquet", "messages_by_agent": tmp_path / "messages_by_agent.parquet"}
+    tallies = [p.with_name("messages.parquet") for p in (trained, random)]
+    run(StageContext("motif.aggregate", {}, {}, {"episodes": [trained, random], "messages": tallies,
                                                  "curves": [tmp_path / "z/curve.csv"],
                                                  "policies": [tmp_path / "z/policy.safetensors"],
                                                  "reward_metrics": tmp_path / "reward.json"}, outs))
     rows = pq.read_table(outs["table"]).to_pylist()
     assert [(r["agent"], r["seed"], r["score_mean"]) for r in rows] == [("random", 4, 11.0), ("intrinsic", 4, 51.0)]
+    assert rows[0]["intrinsic_per_step_mean"] == pytest.approx(0.1)
+    by_agent = pq.read_table(outs["messages_by_agent"]).to_pandas()
+    assert by_agent[by_agent["rank"] == 1].set_index("agent").message.to_dict() == {
+        "random": "score 10", "intrinsic": "score 50"}
     # one seed: the score gain is measured (40) but not shown, and metrics.json says so
     claims = {c["metric"]: c for c in pq.read_table(outs["claims"]).to_pylist()}
     score = claims["score (mean over held-out episodes), intrinsic minus random"]

@@ -113,8 +113,29 @@ def test_analytic_flops_match_torch_flop_counter():
     with FlopCounterMode(display=False) as fc:
         TR.train_step(model, opt, [list(range(3, 3 + n)) for n in (20, 25, 30)], [0, 1, 0], 0, 1e-3, 1.0, 0)
     assert fc.get_total_flops() == M.train_step_flops(cfg, [20, 25, 30], attention=False)
+    # a language-model pretraining step: the vocabulary head on every position
+    seqs = [list(range(3, 23)), list(range(5, 25))]
+    cfg_lm = TR.TrainConfig(1, 2, 1e-3, 1, 0.0, 1, 1.0, lm_steps=1)
+    with FlopCounterMode(display=False) as fc:
+        rows = TR.lm_pretrain(model, seqs, 0, cfg_lm, torch.Generator().manual_seed(0))
+    assert fc.get_total_flops() == M.lm_step_flops(cfg, 2, 20, attention=False)
+    assert rows[-1]["flops"] == M.lm_step_flops(cfg, 2, 20)
     # attention adds 4 n (past + n) d per layer to the forward
     assert M.forward_flops(cfg, 1, 13, 20) - M.forward_flops(cfg, 1, 13, 20, attention=False) == 2 * 4 * 13 * 33 * 32
+
+
+def test_language_model_pretraining_lowers_its_loss_and_shapes_the_classifier():
+    """LM pretraining trains the classifier's own transformer (shared), and its loss falls on a
+    learnable text (a repeated pattern), from ~log(vocab) toward 0."""
+    model = small_model(40)
+    before = {k: v.clone() for k, v in model.gpt_neox.state_dict().items()}
+    seqs = [[3 + (i + j) % 8 for j in range(24)] for i in range(8)]
+    cfg = TR.TrainConfig(1, 8, 3e-3, 5, 0.0, 10, 1.0, lm_steps=60)
+    rows = TR.lm_pretrain(model, seqs, 0, cfg, torch.Generator().manual_seed(0))
+    assert rows[0]["loss"] > 2.0 and rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    after = model.gpt_neox.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not hasattr(model, "lm_head")
 
 
 def test_prefix_cache_gives_the_full_forward_logits():

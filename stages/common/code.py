@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import os
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -27,15 +30,63 @@ def module_file(module: str) -> Path:
     raise FileNotFoundError(f"no module {'.'.join(parts)} under {ROOT}")
 
 
-def _imports(path: Path) -> set[str]:
+# The import scan of a file depends on its bytes only, so it is cached on disk by content hash: every
+# `snakemake` invocation and every stage start needs the code files of many stages, and parsing them all
+# was the largest part of a no-op `snakemake -n`. A missing, unreadable or corrupt cache is rebuilt.
+IMPORTS_CACHE = ROOT / ".cache" / "stage_imports.json"
+_disk: dict[str, list[str]] | None = None
+_dirty = False
+
+
+def _disk_cache() -> dict[str, list[str]]:
+    global _disk
+    if _disk is None:
+        try:
+            loaded = json.loads(IMPORTS_CACHE.read_text())
+            _disk = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            _disk = {}
+    return _disk
+
+
+def _save_disk_cache() -> None:
+    global _dirty
+    if not _dirty or _disk is None:
+        return
+    try:
+        IMPORTS_CACHE.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=IMPORTS_CACHE.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(_disk, f)
+        os.replace(tmp, IMPORTS_CACHE)
+        _dirty = False
+    except OSError:
+        pass  # a read-only checkout still works, it only parses again next time
+
+
+def _scan_imports(source: bytes, path: Path) -> list[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(source, filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{a.name}" for a in node.names)
-    return {n for n in names if n == "stages" or n.startswith("stages.")}
+    return sorted(n for n in names if n == "stages" or n.startswith("stages."))
+
+
+@cache
+def _imports(path: Path) -> frozenset[str]:
+    """`stages.*` names the file imports."""
+    global _dirty
+    source = path.read_bytes()
+    key = hashlib.sha1(source).hexdigest()
+    cached = _disk_cache().get(key)
+    if not isinstance(cached, list):
+        cached = _scan_imports(source, path)
+        _disk_cache()[key] = cached
+        _dirty = True
+    return frozenset(cached)
 
 
 @cache
@@ -53,6 +104,7 @@ def code_files(module: str) -> tuple[str, ...]:
                 todo.append(module_file(name))
             except FileNotFoundError:
                 pass  # `from stages.x import function` names a symbol, not a module
+    _save_disk_cache()
     return tuple(sorted(str(p.relative_to(ROOT)) for p in seen))
 
 

@@ -20,6 +20,13 @@ import jsonschema
 import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# libyaml's parser where PyYAML was built with it (the wheels are): the schemas are read on every
+# `snakemake` invocation, and the pure-Python loader made that a large share of a no-op run.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML_LOADER)
 
 
 class ParamsError(ValueError):
@@ -31,7 +38,7 @@ def method_dirs() -> list[Path]:
 
 
 def _load_schema(path: Path) -> Any:
-    return _inline_includes(yaml.safe_load(path.read_text()))
+    return _inline_includes(_safe_load(path.read_text()))
 
 
 def _inline_includes(node: Any) -> Any:
@@ -67,7 +74,7 @@ def load_params(*files: str | Path) -> dict:
     merged: dict = {}
     for f in files:
         try:
-            data = yaml.safe_load(Path(f).read_text()) or {}
+            data = _safe_load(Path(f).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ParamsError(f"{f}: cannot read params file ({exc})") from exc
         if not isinstance(data, Mapping):

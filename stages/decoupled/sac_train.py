@@ -3,16 +3,19 @@ ActionRescale, so only its action scale differs between runs of a sweep.
 
 The job's wildcards name the env, the scale and the temperature; their settings are params
 decoupled.sac.envs.<env> and decoupled.sac.temperatures.<temperature>. Outputs: the final agent (no replay
-buffer) and curve.csv, one row per training episode: step, return, temperature, the policy's entropy on that
-episode's states in the unit box and in the agent's box. A run killed mid-way resumes: every
-`train.checkpoint_every` steps (at the next episode boundary) the whole training state, replay buffer and
-random generator included, goes to <model>.resume.safetensors (stages.common.resume); a restarted run with
-the same params, seed and code continues from it and ends bit-identical to an uninterrupted one. The file is
-removed when the run completes.
+buffer) and curve.csv, one row per training episode: step, return, temperature and its log, the policy's
+entropy on that episode's states in the unit box and in the agent's box, the learned temperature's target
+entropy (agent's box; NaN for fixed and static ones) and the entropy gap, agent-box entropy minus target: a
+learned temperature falls while the gap is positive and has converged only where the gap is ~0.
+A run killed mid-way resumes: every `train.checkpoint_every` steps (at the next episode boundary) the whole
+training state, replay buffer and random generator included, goes to <model>.resume.safetensors
+(stages.common.resume); a restarted run with the same params, seed and code continues from it and ends bit-
+identical to an uninterrupted one. The file is removed when the run completes.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 
@@ -24,6 +27,8 @@ from stages.envs.control import make_control_env
 from stages.rl.sac import CURVE_COLUMNS, SAC, Progress, SACConfig, TemperatureConfig, train
 
 log = logging.getLogger(__name__)
+
+TRAIN_CURVE_COLUMNS = (*CURVE_COLUMNS, "log_temperature", "target_entropy", "entropy_gap")
 
 
 def run_of(wildcards: Mapping[str, str]) -> dict:
@@ -65,6 +70,12 @@ def load_resume(state: ResumeState, agent: SAC) -> Progress | None:
     return progress
 
 
+def with_gap(rows: list[dict], target: float) -> list[dict]:
+    """Curve rows with log temperature, target entropy and entropy gap (agent-box entropy - target)."""
+    return [{**r, "log_temperature": math.log(r["temperature"]), "target_entropy": target,
+             "entropy_gap": r["entropy_agent"] - target} for r in rows]
+
+
 def run(ctx: StageContext) -> None:
     torch.set_num_threads(ctx.threads)
     rid = run_of(ctx.wildcards)
@@ -93,5 +104,5 @@ def run(ctx: StageContext) -> None:
     log.info("done: %d episodes, last return %.1f, temperature %.4g, unit-box entropy %.3f",
              len(progress.rows), last["return"], last["temperature"], last["entropy_unit"])
     ctx.save_checkpoint("model", {k: v for k, v in agent.state().items() if not k.startswith("buffer.")})
-    ctx.write_curve("curve", progress.rows, CURVE_COLUMNS)
+    ctx.write_curve("curve", with_gap(progress.rows, agent.temperature.target), TRAIN_CURVE_COLUMNS)
     resume.clear()

@@ -8,6 +8,9 @@ cifar10    user-supplied files in one of three layouts (nothing is downloaded):
              folder  torchvision ImageFolder layout: <path>/{train,test}/<class name>/<image>.png,
                      classes numbered in sorted order of their folder names
              pickle  torchvision's CIFAR10 root: <path>/cifar-10-batches-py/{data_batch_1..5,test_batch}
+
+The data stage then cuts every train split into train and val (a random `val_fraction` of it, seeded by
+`data_seed`; split_validation): validation is taken from the training data, never from test.
 """
 from __future__ import annotations
 
@@ -127,6 +130,18 @@ def load(kind: str, cfg: Mapping, key: str) -> Splits:
     if kind == "synthetic":
         return synthetic(cfg)
     return cifar10(cfg, key)
+
+
+def split_validation(splits: Splits, fraction: float, seed: int) -> Splits:
+    """Hold out a random `fraction` of the train split as "val" (disjoint from train and test): the
+    sweep's choices (lambda_max) are read on it, and test is only reported."""
+    x, y = splits["train"]
+    n_val = round(fraction * len(y))
+    if not 0 < n_val < len(y):
+        raise DatasetError(f"val_fraction {fraction} of {len(y)} training examples leaves an empty split")
+    order = np.random.default_rng([seed, 1]).permutation(len(y))   # its own stream: not the data's
+    val, train = order[:n_val], order[n_val:]
+    return {**splits, "train": (x[train], y[train]), "val": (x[val], y[val])}
 
 
 def standardize(splits: Splits) -> Splits:

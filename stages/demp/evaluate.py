@@ -1,8 +1,10 @@
-"""Evaluate one pruned network: test accuracy, units, parameters, FLOPs, measured inference latency
-against the unpruned dense network (same input, same process, interleaved), and the live-unit
-fraction over training read from the training log.
+"""Evaluate one pruned network: validation and test accuracy (the aggregate chooses lambda_max on
+validation and reports test), widths, units, parameters, FLOPs, measured inference latency against the
+unpruned dense network (same input, same process, interleaved), and from the training log the live-unit
+fraction and the training speed in steps/s per pruning period (`demon.pruning_freq` steps; the dense
+and magnitude runs are cut into periods of the same length).
 
-Not byte-deterministic: the latency columns are wall-clock measurements. Everything else in the
+Not byte-deterministic: the latency and steps/s columns are wall-clock measurements. Everything else in the
 outputs is a deterministic function of the inputs; `evaluate.latency_repeats: 0` skips the timing
 (NaN latencies) and makes the stage deterministic again (the tiny profile does this).
 """
@@ -31,7 +33,9 @@ EVAL_SCHEMA = pa.schema([
     ("model", pa.string()),
     ("variant", pa.string()),            # dense / demp_l<i> / magnitude_l<i>
     ("seed", pa.int32()),
+    ("val_acc", pa.float64()),           # on the validation split (held out from the training data)
     ("test_acc", pa.float64()),
+    ("widths", pa.list_(pa.int32())),    # hidden units per layer after the final prune
     ("units", pa.int64()),               # hidden units left after the final prune
     ("units_full", pa.int64()),          # hidden units of the unpruned architecture
     ("removed_fraction", pa.float64()),  # 1 - units / units_full
@@ -43,6 +47,7 @@ EVAL_SCHEMA = pa.schema([
     ("latency_dense_ms", pa.float64()),  # the same for the unpruned dense network, same input
     ("latency_ratio", pa.float64()),     # latency_ms / latency_dense_ms (< 1: pruned is faster)
     ("live_fraction_end", pa.float64()), # live units / units_full at the last training log row
+    ("period_steps_per_s", pa.list_(pa.float64())),  # training steps/s in each pruning period (wall clock)
 ])
 
 
@@ -83,6 +88,19 @@ def live_fraction_at(curve: list[dict], fractions=(0.25, 0.5, 0.75, 1.0)) -> dic
             for f in fractions}
 
 
+def period_speeds(curve: list[dict], period: int) -> list[float]:
+    """Steps/s in each window of `period` steps (the last one may be shorter), from the curve's
+    cumulative `elapsed_s`; a boundary without its own log row uses the last row before it."""
+    last = int(curve[-1]["step"])
+    bounds = [0] + list(range(period, last, period)) + [last]
+    at = [(0.0, 0.0)]
+    for b in bounds[1:]:
+        before = [r for r in curve if r["step"] <= b]
+        if before:
+            at.append((before[-1]["step"], before[-1]["elapsed_s"]))
+    return [(s1 - s0) / max(t1 - t0, 1e-9) for (s0, t0), (s1, t1) in zip(at, at[1:]) if s1 > s0]
+
+
 def run(ctx: StageContext) -> None:
     model_cfg, cfg = ctx.params["model"], ctx.params["evaluate"]
     data = load_splits(ctx.inputs["dataset"])
@@ -101,15 +119,17 @@ def run(ctx: StageContext) -> None:
     curve = read_curve(ctx.inputs["curve"])
     w = ctx.wildcards
     row = {"dataset": w["dataset"], "model": w["model"], "variant": w["variant"], "seed": int(w["seed"]),
-           "test_acc": accuracy(pruned, xt, yt), "units": sum(pruned.widths), "units_full": sum(full.widths),
+           "val_acc": accuracy(pruned, *data["val"]), "test_acc": accuracy(pruned, xt, yt),
+           "widths": pruned.widths, "units": sum(pruned.widths), "units_full": sum(full.widths),
            "params": nets.n_params(pruned), "params_full": nets.n_params(full),
            "flops": nets.flops(pruned, shape), "flops_full": nets.flops(full, shape),
            "latency_ms": lat, "latency_dense_ms": lat_dense, "latency_ratio": lat / lat_dense,
-           "live_fraction_end": curve[-1]["live_fraction"]}
+           "live_fraction_end": curve[-1]["live_fraction"],
+           "period_steps_per_s": period_speeds(curve, ctx.params["demon"]["pruning_freq"])}
     row["removed_fraction"] = 1 - row["units"] / row["units_full"]
     log.info("%s", row)
     ctx.write_table("table", pa.Table.from_pylist([row], EVAL_SCHEMA), EVAL_SCHEMA)
     ctx.write_json("metrics", {**{k: (None if isinstance(v, float) and math.isnan(v) else v)
                                   for k, v in row.items()},
-                               "widths": pruned.widths, "widths_full": full.widths,
+                               "widths_full": full.widths,
                                "live_fraction_during_training": live_fraction_at(curve)})

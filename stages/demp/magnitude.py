@@ -7,7 +7,8 @@ optimizer settings. With `allocation: per_layer` (default) every layer gets exac
 neuron count matches layer by layer and the baseline borrows DemP's allocation across layers, which
 makes it the strong, conservative comparison. `global` keeps DemP's total with one threshold over all
 layers (network slimming). Either way the baseline also gets the dense run's full training on top of
-its fine-tuning.
+its fine-tuning. The widths are final: the prune stage does not remove units that die during the
+fine-tuning (it would leave the baseline smaller than DemP), and the aggregate checks they are equal.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def run(ctx: StageContext) -> None:
         target = demon.global_widths(scores, sum(target))
     keep = demon.top_k(scores, target)
     model, opt_state = nets.prune(dense, keep, opt_state)
+    if model.widths != target:
+        raise AssertionError(f"magnitude pruning gave widths {model.widths}, wanted {target}")
     log.info("magnitude-pruned %s -> %s; fine-tuning %d steps", dense.widths, model.widths,
              mcfg["finetune_steps"])
     ft_cfg = {**cfg, "log_every": min(cfg["log_every"], mcfg["finetune_steps"])}

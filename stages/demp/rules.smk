@@ -1,6 +1,7 @@
 # Demon Pruning: data -> train (dense | demp_l<i> | magnitude_l<i>) -> prune -> evaluate (per run, seed) -> aggregate.
 # A run is a (dataset, model) pair of demp.runs; demp_l<i> uses demp.sweep.<model>.lambda_max[i] and
-# magnitude_l<i> prunes the dense network to the widths demp_l<i> ended with.
+# magnitude_l<i> prunes the dense network to the widths demp_l<i> ended with (and keeps them: see prune.py).
+# lambda_max is chosen on the validation split by the aggregate; test accuracy is only reported.
 DEMP_RUNS = config["demp"]["runs"]
 DEMP_SEEDS = config["demp"]["seeds"]
 DEMP_RUN = "results/demp/{dataset}/{model}/{variant}/seed{seed}"
@@ -143,7 +144,7 @@ use rule stage as demp_evaluate with:
         metrics=f"{DEMP_RUN}/metrics.json",
     params:
         **stage_params(config, "demp.evaluate", seed="seed", model="demp.models.{model}",
-                       evaluate="demp.evaluate"),
+                       evaluate="demp.evaluate", demon="demp.demon"),
     wildcard_constraints:
         **DEMP_WILDCARDS,
     log:
@@ -164,7 +165,8 @@ use rule stage as demp_aggregate with:
         metrics="results/demp/metrics.json",
         claims="results/demp/claims.parquet",
     params:
-        **stage_params(config, "demp.aggregate", sweep="demp.sweep", aggregate="demp.aggregate"),
+        **stage_params(config, "demp.aggregate", sweep="demp.sweep", aggregate="demp.aggregate",
+                       magnitude="demp.magnitude"),
     log:
         "logs/demp/aggregate.log",
     benchmark:

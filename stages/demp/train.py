@@ -8,12 +8,17 @@ BN, next layer's inputs, optimizer state) and training goes on with the smaller 
 The dense run is the same loop with lambda = sigma = 0 and no pruning.
 
 The checkpoint holds the network at its final widths and the optimizer state; the final prune is the
-next stage's job. The log (curve.csv) has the live-unit fraction on the probe set every `log_every` steps.
+next stage's job. The log (curve.csv) has the live-unit fraction on the probe set every `log_every` steps,
+and the training speed: `elapsed_s`, wall seconds spent in training steps so far (the optimizer step,
+noise and in-training pruning; not the logging probe pass), and `steps_per_s` since the previous row.
+These two columns are wall-clock measurements and vary between re-runs; everything else in the curve and
+the checkpoint is deterministic. The evaluate stage turns them into steps/s per pruning period.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -27,7 +32,7 @@ from stages.demp.data import load_splits
 log = logging.getLogger(__name__)
 
 CURVE_COLUMNS = ["step", "loss", "ce", "reg", "lam", "sigma", "lr", "batch_acc", "live_fraction",
-                 "live_units", "width"]
+                 "live_units", "width", "elapsed_s", "steps_per_s"]
 
 
 def make_opt(model: nn.Module, cfg: Mapping) -> torch.optim.Optimizer:
@@ -84,8 +89,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Mapping, criter
     opt = make_opt(model, cfg)
     nets.load_opt_state(model, opt, opt_state or {})
     batches, rows = Batches(len(x), cfg["batch_size"], gen), []
+    elapsed, logged = 0.0, (0, 0.0)   # seconds in training steps; (step, elapsed) at the previous row
 
     for step in progress(range(1, steps + 1)):
+        start = time.perf_counter()
         lr = lr_at(cfg, step - 1, steps)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -121,6 +128,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Mapping, criter
                 opt = make_opt(model, cfg)
                 nets.load_opt_state(model, opt, state)
                 log.info("step %d: pruned %s -> %s", step, before, model.widths)
+        elapsed += time.perf_counter() - start
         if step % cfg["log_every"] == 0 or step == steps:
             sums = demon.activation_sums(model, probe)
             live_units = int(sum((s > eps).sum() for s in sums))
@@ -128,7 +136,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Mapping, criter
                          "sigma": sigma, "lr": lr,
                          "batch_acc": (logits.argmax(1) == y[idx]).float().mean().item(),
                          "live_fraction": live_units / full, "live_units": live_units,
-                         "width": sum(model.widths)})
+                         "width": sum(model.widths), "elapsed_s": elapsed,
+                         "steps_per_s": (step - logged[0]) / max(elapsed - logged[1], 1e-9)})
+            logged = (step, elapsed)
             if not math.isfinite(rows[-1]["loss"]):
                 raise FloatingPointError(f"training loss is {rows[-1]['loss']} at step {step}")
         if on_step is not None:

@@ -295,16 +295,24 @@ class FragmentMDP:
         out: set[tuple[FragState, int]] = set()
         for leaf in (i for i in range(n) if degree[i] == 1):
             (bond,) = [b for b in state.bonds if leaf in (b[0], b[2])]
+            u, su, v, sv = bond
+            (anchor, anchor_stem, leaf_stem) = (v, sv, su) if u == leaf else (u, su, sv)
             keep = [i for i in range(n) if i != leaf]
             idx = {old: i for i, old in enumerate(keep)}
             bonds = [(idx[a], sa, idx[b], sb) for a, sa, b, sb in state.bonds if bond != (a, sa, b, sb)]
             parent, _ = self._make_state([state.blocks[i] for i in keep], bonds)
-            # every slot x leaf-stem that rebuilds `state`: symmetric slots give several edges
-            for slot in range(len(parent.open_stems)):
-                for stem in self.usable_stems[state.blocks[leaf]]:
-                    action = self.encode_action(slot, state.blocks[leaf], stem)
-                    if (parent, action) not in out and self.step(parent, action) == state:
-                        out.add((parent, action))
+            # Every slot that rebuilds `state` (symmetric slots give several edges). A tree isomorphism
+            # keeps block ids and stem labels, so only slots on a node of the anchor's block, at the
+            # anchor's stem, joined by the leaf's own stem can; the others are skipped unbuilt (each
+            # `step` costs a canonicalisation). An edge whose new block maps to another leaf is found
+            # when that leaf is removed.
+            action_of_slot = self.encode_action(0, state.blocks[leaf], leaf_stem) - 1
+            for slot, (node, stem) in enumerate(parent.open_stems):
+                if parent.blocks[node] != state.blocks[anchor] or stem != anchor_stem:
+                    continue
+                action = 1 + slot * self.n_pairs + action_of_slot
+                if (parent, action) not in out and self.step(parent, action) == state:
+                    out.add((parent, action))
         return sorted(out, key=lambda p: (p[1], p[0].blocks, p[0].bonds))
 
     def n_parents(self, state: FragState) -> int:

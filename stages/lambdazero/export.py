@@ -4,7 +4,8 @@ Pool: every molecule docked successfully with a pose (training: initial set + ac
 top-k that evaluate docked). Filters: QED >= qed_min, SA <= sa_max, at most `max_lipinski_violations`
 rule-of-five violations, no PAINS alert. Diversity: Butina clustering of the survivors on Morgan
 fingerprints (distance cutoff `butina_cutoff` on 1 - Tanimoto), the best-docking molecule of each cluster,
-ranked by docking score, top `top_n`. Each row also has the final proxy's mu/sigma, properties, scaffold,
+ranked by docking score, top `top_n`, with the ligand efficiency (-score / heavy atoms) beside the score.
+Each row also has the final proxy's mu/sigma, properties, scaffold,
 and its nearest neighbour among the proxy's training molecules (itself excluded) with the similarity.
 Writes Parquet, a CSV copy for the report, and an SDF of the docked poses with the row's fields as
 properties.
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 CANDIDATES_SCHEMA = pa.schema([
     ("rank", pa.int32()), ("smiles", pa.string()), ("inchikey", pa.string()),
     ("docking_score", pa.float64()),          # Vina kcal/mol (lower = better)
+    ("heavy_atoms", pa.int32()),
+    ("ligand_efficiency", pa.float64()),      # -docking_score / heavy atoms (kcal/mol per heavy atom)
     ("proxy_mu", pa.float64()), ("proxy_sigma", pa.float64()),   # final proxy, units of -score
     ("qed", pa.float64()), ("sa", pa.float64()), ("mw", pa.float64()), ("logp", pa.float64()),
     ("lipinski_violations", pa.int32()), ("scaffold", pa.string()),
@@ -100,7 +103,9 @@ def run(ctx: StageContext) -> None:
         sim = chem_metrics.similarity_matrix(chem_metrics.fingerprints([c["smiles"]]), fps_train)[0]
         others = [i for i, t in enumerate(train) if t != c["smiles"]]
         j = max(others, key=lambda i: sim[i]) if others else None
+        n_heavy = parse_smiles(c["smiles"]).GetNumHeavyAtoms()
         rows.append({"rank": rank, "smiles": c["smiles"], "inchikey": c["inchikey"], "docking_score": c["score"],
+                     "heavy_atoms": n_heavy, "ligand_efficiency": -c["score"] / n_heavy,
                      "proxy_mu": float(m), "proxy_sigma": float(s), "qed": c["qed"], "sa": c["sa"], "mw": c["mw"],
                      "logp": c["logp"], "lipinski_violations": c["lipinski_violations"],
                      "scaffold": murcko_scaffold(c["smiles"]), "cluster": c["cluster"],

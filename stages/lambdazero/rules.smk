@@ -1,5 +1,6 @@
 # LambdaZero: blocks -> receptor -> dock (initial set) -> proxy -> train_rl (PPO + active learning)
-# -> evaluate (policy vs random vs initial) -> export (wet-lab candidates) -> aggregate (over seeds).
+# -> evaluate (out of sample: fresh policy samples vs random rollouts at the same k; the method's docking
+# calls vs random screening) -> export (wet-lab candidates) -> aggregate (claims over seeds).
 # Docking results are cached in lambdazero.dock.cache (outside results/), shared by every stage and run.
 LZ_SEEDS = config["lambdazero"]["seeds"]
 LZ = "results/lambdazero"
@@ -113,9 +114,11 @@ use rule stage as lambdazero_evaluate with:
         proxy=rules.lambdazero_train_rl.output.proxy,
         docked=rules.lambdazero_train_rl.output.docked,
         rounds=rules.lambdazero_train_rl.output.rounds,
+        curve=rules.lambdazero_train_rl.output.curve,
     output:
         molecules=f"{LZ_RUN}/evaluation_molecules.parquet",
         table=f"{LZ_RUN}/evaluation.parquet",
+        efficiency=f"{LZ_RUN}/efficiency.parquet",
         table_csv=report(f"{LZ_RUN}/evaluation.csv", category=LZ_CATEGORY),
         plot=report(f"{LZ_RUN}/evaluation.png", category=LZ_CATEGORY),
         metrics=f"{LZ_RUN}/metrics.json",
@@ -158,10 +161,12 @@ use rule stage as lambdazero_aggregate with:
         code=code_inputs("lambdazero.aggregate"),
         tables=expand(rules.lambdazero_evaluate.output.table, seed=LZ_SEEDS),
         metrics=expand(rules.lambdazero_evaluate.output.metrics, seed=LZ_SEEDS),
+        efficiency=expand(rules.lambdazero_evaluate.output.efficiency, seed=LZ_SEEDS),
         candidates=expand(rules.lambdazero_export.output.candidates, seed=LZ_SEEDS),
     output:
         table=f"{LZ}/summary.parquet",
         table_csv=report(f"{LZ}/summary.csv", category=LZ_CATEGORY),
+        efficiency=f"{LZ}/efficiency.parquet",
         plot=report(f"{LZ}/summary.png", category=LZ_CATEGORY),
         metrics=f"{LZ}/metrics.json",
         claims=f"{LZ}/claims.parquet",

@@ -25,7 +25,21 @@ DOCKED_SCHEMA = pa.schema([
     ("proxy_mu", pa.float64()),         # proxy's -score prediction when it was selected (nan: not by proxy)
     ("proxy_sigma", pa.float64()),
     ("acquisition", pa.float64()),      # UCB mu + kappa sigma at selection time
+    ("heavy_atoms", pa.int32()),
+    ("ligand_efficiency", pa.float64()),  # -score / heavy atoms (kcal/mol per heavy atom; null without a score)
 ])
+
+
+def ligand_efficiency(score: float | None, n_heavy: int) -> float | None:
+    """-score / heavy atoms (kcal/mol per heavy atom, larger = better); None without a score."""
+    if score is None or not np.isfinite(score) or n_heavy <= 0:
+        return None
+    return -float(score) / n_heavy
+
+
+def heavy_atom_count(smiles: str) -> int:
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    return mol.GetNumHeavyAtoms() if mol is not None else 0
 
 
 def docked_rows(results, origin: str, round_index: int, props: dict[str, np.ndarray] | None = None) -> list[dict]:
@@ -34,8 +48,11 @@ def docked_rows(results, origin: str, round_index: int, props: dict[str, np.ndar
     for i, r in enumerate(results.to_dict("records")):
         score = r.get("score")
         ok = r.get("status") == "ok" and score is not None and np.isfinite(score)
+        smiles = r.get("canonical_smiles") or r.get("smiles")
+        n_heavy = heavy_atom_count(smiles)
         rows.append({
-            "smiles": r.get("canonical_smiles") or r.get("smiles"), "inchikey": r.get("inchikey") or "",
+            "smiles": smiles, "inchikey": r.get("inchikey") or "", "heavy_atoms": n_heavy,
+            "ligand_efficiency": ligand_efficiency(float(score), n_heavy) if ok else None,
             "status": r.get("status"), "score": float(score) if ok else None,
             "pose_sdf": r.get("pose_sdf") or "", "origin": origin, "round": round_index,
             **{k: float(props[k][i]) if props is not None and k in props else float("nan")

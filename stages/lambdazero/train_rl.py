@@ -38,12 +38,14 @@ ROUNDS_SCHEMA = pa.schema([
     ("round", pa.int32()),
     ("ppo_updates", pa.int32()),            # cumulative
     ("episodes", pa.int64()),               # cumulative PPO episodes (each scored by the proxy reward)
-    ("proxy_evaluations", pa.int64()),      # cumulative molecules scored by the proxy (episodes + proposals)
+    ("proxy_evaluations", pa.int64()),      # cumulative proxy calls, repeats included (episodes + proposals)
+    ("proxy_distinct", pa.int64()),         # cumulative distinct molecules the proxy scored
     ("mean_reward", pa.float64()),          # of the last PPO update of the round
     ("proposals_unique", pa.int32()),
     ("proposals_new", pa.int32()),          # distinct proposals not docked before
     ("docked_round", pa.int32()),           # molecules sent to the oracle this round
     ("oracle_queries", pa.int32()),         # cumulative distinct molecules sent to the oracle (incl. initial)
+    ("method_docking_calls", pa.int32()),   # cumulative molecules the method chose to dock (initial set excluded)
     ("n_train", pa.int32()),                # proxy training set after the refit
     ("batch_rmse", pa.float64()),           # proxy (before refit) vs docking on this round's batch
     ("batch_pearson", pa.float64()),
@@ -52,6 +54,8 @@ ROUNDS_SCHEMA = pa.schema([
     ("best_score_round", pa.float64()),     # best (lowest) Vina score of the batch
     ("mean_score_round", pa.float64()),
     ("best_score_so_far", pa.float64()),    # over every docked molecule, initial set included
+    ("mean_le_round", pa.float64()),        # ligand efficiency -score / heavy atoms of the batch
+    ("mean_heavy_atoms_round", pa.float64()),
 ])
 PROPOSALS_SCHEMA = pa.schema([
     ("round", pa.int32()),
@@ -68,7 +72,7 @@ PROPOSALS_SCHEMA = pa.schema([
     ("selected", pa.bool_()),               # sent to the oracle this round
 ])
 CURVE_COLUMNS = ("step", "round", "mean_reward", "max_reward", "mean_length", "entropy", "approx_kl",
-                 "pg_loss", "v_loss")
+                 "pg_loss", "v_loss", "proxy_evaluations", "proxy_distinct")
 
 
 def canonical(smiles: str) -> str:
@@ -81,14 +85,27 @@ def load_proxy(path, cfg: ProxyConfig) -> ProxyEnsemble:
 
 
 class StateReward:
-    """PPO reward_fn over terminal states: builds molecules, calls MoleculeReward, counts evaluations."""
+    """PPO reward_fn over terminal states: builds molecules, calls MoleculeReward, counts proxy calls
+    (`evaluations`, repeats included) and the distinct molecules scored (`distinct`, by SMILES)."""
 
     def __init__(self, mdp, reward: MoleculeReward):
         self.mdp, self.reward, self.evaluations = mdp, reward, 0
+        self.scored: set[str] = set()
+        self._smiles: dict = {}                 # state -> SMILES (states repeat far more than molecules)
+
+    @property
+    def distinct(self) -> int:
+        return len(self.scored)
+
+    def count(self, smiles) -> None:
+        smiles = list(smiles)
+        self.evaluations += len(smiles)
+        self.scored.update(smiles)
 
     def __call__(self, states) -> np.ndarray:
-        self.evaluations += len(states)
-        return self.reward([self.mdp.to_mol(s) for s in states])
+        mols = [self.mdp.to_mol(s) for s in states]
+        self.count(self._smiles.setdefault(s, Chem.MolToSmiles(m)) for s, m in zip(states, mols))
+        return self.reward(mols)
 
 
 def propose(ppo: PPO, mdp, n: int):
@@ -112,17 +129,19 @@ def run(ctx: StageContext) -> None:
     ppo = PPO(env, PPOConfig.from_params(p["ppo"]), ctx.seed)
     curve, round_rows, proposal_rows = [], [], []
     queried = {canonical(r["smiles"]) for r in docked}
+    method_calls = 0
 
     def log_curve(r):
         def on_update(step, ro, stats):
-            curve.append({"step": step, "round": r, **{k: stats[k] for k in CURVE_COLUMNS[2:]}})
+            curve.append({"step": step, "round": r, **{k: stats[k] for k in CURVE_COLUMNS[2:-2]},
+                          "proxy_evaluations": reward_fn.evaluations, "proxy_distinct": reward_fn.distinct})
         return on_update
 
     with make_oracle(ctx.inputs["receptor"], ctx.inputs["box"], p["dock"], ctx.threads) as oracle:
         for r in range(1, al["rounds"] + 1):
             hist = ppo.train(reward_fn, al["updates_per_round"], log_curve(r))
             smiles, mols, counts = propose(ppo, mdp, al["proposals"])
-            reward_fn.evaluations += len(mols)
+            reward_fn.count(smiles)
             rewards = molecule_reward(mols)
             comp = molecule_reward.components
             mu, sigma, acq = proxy.acquisition(mols)
@@ -132,6 +151,7 @@ def run(ctx: StageContext) -> None:
             picked = [keys[i] for i in order]
             results = dock_logged(oracle, picked, f"round {r}")
             queried.update(picked)
+            method_calls += len(picked)
             props = {"qed": comp["qed"][order], "sa": comp["sa"][order], "proxy_mu": mu[order],
                      "proxy_sigma": sigma[order], "acquisition": acq[order]}
             batch = docked_rows(results, "active_learning", r, props)
@@ -151,20 +171,24 @@ def run(ctx: StageContext) -> None:
                 "already_docked": not bool(new[i]), "selected": i in selected} for i in range(len(smiles))]
             round_rows.append({
                 "round": r, "ppo_updates": ppo.updates_done, "episodes": ppo.updates_done * ppo.cfg.episodes_per_update,
-                "proxy_evaluations": reward_fn.evaluations, "mean_reward": hist[-1]["mean_reward"],
+                "proxy_evaluations": reward_fn.evaluations, "proxy_distinct": reward_fn.distinct,
+                "method_docking_calls": method_calls, "mean_reward": hist[-1]["mean_reward"],
                 "proposals_unique": len(smiles), "proposals_new": int(new.sum()), "docked_round": len(picked),
                 "oracle_queries": len(queried), "n_train": fit["n_train"], "batch_rmse": batch_fit["rmse"],
                 "batch_pearson": batch_fit["pearson"], "batch_spearman": batch_fit["spearman"],
                 "train_rmse": fit["train_rmse"],
                 "best_score_round": float(np.nanmin(scores)) if ok.any() else float("nan"),
                 "mean_score_round": float(np.nanmean(scores)) if ok.any() else float("nan"),
-                "best_score_so_far": float(min(all_scores)) if all_scores else float("nan")})
+                "best_score_so_far": float(min(all_scores)) if all_scores else float("nan"),
+                "mean_le_round": float(np.mean([b["ligand_efficiency"] for b in batch if b["score"] is not None]))
+                if ok.any() else float("nan"),
+                "mean_heavy_atoms_round": float(np.mean([b["heavy_atoms"] for b in batch])) if batch else float("nan")})
             log.info("round %d: %s", r, round_rows[-1])
 
     ppo.train(reward_fn, al["final_updates"], log_curve(al["rounds"] + 1))
-    log.info("PPO: %d updates, %d episodes, %d proxy evaluations, %d molecules sent to the oracle",
-             ppo.updates_done, ppo.updates_done * ppo.cfg.episodes_per_update, reward_fn.evaluations,
-             len(queried))
+    log.info("PPO: %d updates, %d episodes, %d proxy calls on %d distinct molecules, %d molecules sent to "
+             "the oracle (%d chosen by the method)", ppo.updates_done, ppo.updates_done * ppo.cfg.episodes_per_update,
+             reward_fn.evaluations, reward_fn.distinct, len(queried), method_calls)
     ctx.save_checkpoint("policy", ppo.agent.state_dict())
     ctx.save_checkpoint("proxy", proxy.state_dict())
     ctx.write_table("rounds", pa.Table.from_pylist(round_rows, ROUNDS_SCHEMA), ROUNDS_SCHEMA)

@@ -92,7 +92,7 @@ use rule stage as maxent_gfn_molecules with:
     params:
         **stage_params(config, "maxent_gfn.molecules", seed="seed", task="maxent_gfn.molecules.task",
                        objective="maxent_gfn.molecules.objectives.{mol_objective}",
-                       train="maxent_gfn.molecules.train"),
+                       train="maxent_gfn.molecules.train", stopping="maxent_gfn.molecules.stopping"),
     log:
         "logs/maxent_gfn/molecules/{mol_objective}/seed{seed}/train.log",
     benchmark:
@@ -109,10 +109,12 @@ use rule stage as maxent_gfn_molecules_aggregate with:
                        seed=MAXENT_MOL["seeds"]),
         samples=expand(rules.maxent_gfn_molecules.output.samples, mol_objective=MAXENT_MOL_OBJECTIVES,
                        seed=MAXENT_MOL["seeds"]),
+        curves=expand(rules.maxent_gfn_molecules.output.curve, mol_objective=MAXENT_MOL_OBJECTIVES,
+                      seed=MAXENT_MOL["seeds"]),
     output:
         table="results/maxent_gfn/molecules/summary.parquet",
         table_csv=report("results/maxent_gfn/molecules/summary.csv", category="Max-ent GFlowNets"),
-        plot=report("results/maxent_gfn/molecules/correlation_and_reward.png", category="Max-ent GFlowNets"),
+        plot=report("results/maxent_gfn/molecules/correlation_and_entropy.png", category="Max-ent GFlowNets"),
         metrics="results/maxent_gfn/molecules/metrics.json",
         claims="results/maxent_gfn/molecules/claims.parquet",
     params:

@@ -3,7 +3,13 @@
 Loss (Bradley-Terry / soft cross-entropy): p = softmax([r(a), r(b)]), target [1 - y, y] with y = 0 when a
 is better (label 1), 1 when b is better (label 2), 0.5 for a tie (label 0); unknown labels (-1) and
 masked rows are skipped. Pairs are split `heldout_fraction` / rest (paper: 80/20) with the seed; the
-reported agreement is on held-out pairs the annotator did not call a tie.
+reported agreement is on held-out pairs the annotator did not call a tie. That split is by pair: with a few
+hundred distinct captions in thousands of pairs, every held-out caption was also seen in training. So a
+second model of the same architecture and training is fitted on a split by CAPTION (`caption_split`):
+`caption_heldout_fraction` of the distinct captions are held out (seed `caption_split_seed`), it trains
+only on pairs whose two captions are both kept and is scored on pairs whose two captions are both held
+out (pairs straddling the split are used by neither). That model only measures generalization to unseen
+captions; the model the RL stages use is the by-pair one.
 
 Outputs: the network (`model`), `stats` (architecture, mean and std of r_phi over the dataset's non-empty
 messages weighted by how often they occur, and the 5%..95% quantiles of the normalized reward: the RL
@@ -13,6 +19,7 @@ threshold eps is one of them), `messages` (the most and least rewarded distinct 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -67,10 +74,25 @@ def score_all(net: CaptionRewardNet, codes: torch.Tensor, batch: int = 1024) -> 
     return out
 
 
+def caption_split(msg_a: list[str], msg_b: list[str], fraction: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, set[str]]:
+    """Hold out round(fraction * distinct captions) captions, drawn with `seed`: (indices of the pairs whose
+    two captions are both kept, indices of the pairs whose two captions are both held out, the held-out
+    captions). A pair with one caption on each side is in neither."""
+    vocab = sorted(set(msg_a) | set(msg_b))
+    n_out = min(max(1, int(round(fraction * len(vocab)))), len(vocab) - 1) if len(vocab) > 1 else 0
+    held = {vocab[i] for i in np.random.default_rng(seed).permutation(len(vocab))[:n_out]}
+    out_a = np.array([m in held for m in msg_a], bool)
+    out_b = np.array([m in held for m in msg_b], bool)
+    return np.flatnonzero(~out_a & ~out_b), np.flatnonzero(out_a & out_b), held
+
+
 def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, model_cfg: dict,
-                       cfg: dict, seed: int, progress=lambda it, **kw: it
+                       cfg: dict, seed: int, progress=lambda it, **kw: it,
+                       split: tuple[np.ndarray, np.ndarray] | None = None
                        ) -> tuple[CaptionRewardNet, dict, list[dict]]:
-    """Fit r_phi on labelled pairs (labels in {0, 1, 2}); returns the net, held-out results, curve."""
+    """Fit r_phi on labelled pairs (labels in {0, 1, 2}); returns the net, held-out results, curve.
+    `split` = (train indices, held-out indices); None draws `heldout_fraction` of the pairs with `seed`."""
     labels = np.asarray(labels)
     if len(labels) < 2:
         raise ValueError(f"{len(labels)} usable labelled pair(s): too few to train a reward model")
@@ -80,9 +102,14 @@ def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, m
     ia = np.array([index[m] for m in msg_a])
     ib = np.array([index[m] for m in msg_b])
     y = soft_targets(labels)
-    perm = np.random.default_rng(seed).permutation(len(labels))
-    n_test = min(max(1, int(round(cfg["heldout_fraction"] * len(labels)))), len(labels) - 1)
-    test, train = perm[:n_test], perm[n_test:]
+    if split is None:
+        perm = np.random.default_rng(seed).permutation(len(labels))
+        n_test = min(max(1, int(round(cfg["heldout_fraction"] * len(labels)))), len(labels) - 1)
+        test, train = perm[:n_test], perm[n_test:]
+    else:
+        train, test = (np.asarray(s, np.int64) for s in split)
+        if len(train) == 0:
+            raise ValueError("the split leaves no training pair")
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -104,8 +131,8 @@ def train_reward_model(msg_a: list[str], msg_b: list[str], labels: np.ndarray, m
             opt.step()
             losses.append(loss.item())
         r_all = score_all(net, codes)
-        held_loss = preference_loss(torch.from_numpy(r_all[ia[test]]), torch.from_numpy(r_all[ib[test]]),
-                                    y_t[test]).item()
+        held_loss = math.nan if len(test) == 0 else preference_loss(
+            torch.from_numpy(r_all[ia[test]]), torch.from_numpy(r_all[ib[test]]), y_t[test]).item()
         curve.append({"step": epoch, "train_loss": float(np.mean(losses)), "heldout_loss": held_loss,
                       "heldout_agreement": agreement(r_all[ia[test]], r_all[ib[test]], labels[test])})
     r_all = score_all(net, codes)
@@ -134,6 +161,7 @@ def run(ctx: StageContext) -> None:
     msg_b = [m for m, u in zip(joined.column("message_b").to_pylist(), usable) if u]
     net, result, curve = train_reward_model(msg_a, msg_b, labels[usable], model_cfg, cfg, cfg["seed"],
                                             ctx.progress)
+    by_caption = caption_split_result(msg_a, msg_b, labels[usable], model_cfg, cfg)
 
     # normalization statistics over the messages of the collected dataset
     messages = [m for m in read_table(ctx.inputs["steps"], STEPS_COLUMNS).column("message").to_pylist() if m]
@@ -162,7 +190,7 @@ def run(ctx: StageContext) -> None:
                "label_counts": {name: int(np.sum(labels == v)) for name, v in
                                 (("a_better", 1), ("b_better", 2), ("tie", 0), ("unknown", -1))},
                "masked": int(joined.num_rows - usable.sum()), "ties_used": int(np.sum(labels_used == 0)),
-               "mean": mean, "std": std, "probe_rewards_normalized": probes,
+               "caption_split": by_caption, "mean": mean, "std": std, "probe_rewards_normalized": probes,
                "probes_progress_above_walls": bool(good > bad)}
     ctx.write_json("metrics", metrics)
     ctx.write_curve("curve", curve, CURVE_COLUMNS)
@@ -170,3 +198,24 @@ def run(ctx: StageContext) -> None:
              "bottom: %s", result["heldout_agreement"], result["heldout_decided"],
              result["train_agreement"], [rows[i]["message"] for i in range(min(3, k))],
              [rows[k + i]["message"] for i in range(min(3, k))])
+    log.info("split by caption: agreement %s on %s decided pairs of unseen captions (%s training pairs)",
+             by_caption["heldout_agreement"], by_caption["heldout_decided"], by_caption["n_train"])
+
+
+def caption_split_result(msg_a: list[str], msg_b: list[str], labels: np.ndarray, model_cfg: dict,
+                         cfg: dict) -> dict:
+    """Train a model on the pairs of kept captions, score it on the pairs of held-out captions (see the
+    module docstring); agreement is None when no held-out pair was decided."""
+    train, test, held = caption_split(msg_a, msg_b, cfg["caption_heldout_fraction"], cfg["caption_split_seed"])
+    out = {"fraction": cfg["caption_heldout_fraction"], "seed": cfg["caption_split_seed"],
+           "heldout_captions": len(held), "distinct_captions": len(set(msg_a) | set(msg_b)),
+           "n_train": int(len(train)), "n_heldout": int(len(test)), "straddling_pairs":
+           int(len(labels) - len(train) - len(test)), "heldout_decided": 0, "heldout_agreement": None,
+           "train_agreement": None}
+    if len(train) < 2 or len(test) == 0:
+        log.warning("caption split: %d training and %d held-out pairs, too few to measure", len(train), len(test))
+        return out
+    _, result, _ = train_reward_model(msg_a, msg_b, labels, model_cfg, cfg, cfg["seed"], split=(train, test))
+    out.update({k: result[k] if math.isfinite(result[k]) else None
+                for k in ("heldout_decided", "heldout_agreement", "train_agreement")})
+    return out

@@ -112,6 +112,7 @@ use rule stage as motif_evaluate with:
         reward_stats=rules.motif_reward.output.stats,
     output:
         episodes=f"{MOTIF_EVAL}/episodes.parquet",
+        messages=f"{MOTIF_EVAL}/messages.parquet",
     wildcard_constraints:
         **MOTIF_WILDCARDS,
     params:
@@ -130,6 +131,7 @@ use rule stage as motif_evaluate_random with:
         reward_stats=rules.motif_reward.output.stats,
     output:
         episodes="results/motif/eval/random/seed{seed}/episodes.parquet",
+        messages="results/motif/eval/random/seed{seed}/messages.parquet",
     wildcard_constraints:
         seed=r"\d+",
     params:
@@ -146,6 +148,7 @@ use rule stage as motif_aggregate with:
         code=code_inputs("motif.aggregate"),
         episodes=expand(f"{MOTIF_EVAL}/episodes.parquet", agent=["random"] + MOTIF_AGENTS,
                         seed=MOTIF_SEEDS),
+        messages=expand(f"{MOTIF_EVAL}/messages.parquet", agent=["random"] + MOTIF_AGENTS, seed=MOTIF_SEEDS),
         curves=expand(rules.motif_train_rl.output.curve, agent=MOTIF_AGENTS, seed=MOTIF_SEEDS),
         policies=expand(rules.motif_train_rl.output.policy, agent=MOTIF_AGENTS, seed=MOTIF_SEEDS),
         reward_metrics=rules.motif_reward.output.metrics,
@@ -155,6 +158,7 @@ use rule stage as motif_aggregate with:
         plot=report("results/motif/agents.png", category="Motif"),
         metrics="results/motif/metrics.json",
         claims="results/motif/claims.parquet",
+        messages_by_agent="results/motif/messages_by_agent.parquet",
     params:
         **stage_params(config, "motif.aggregate"),
     log:

@@ -169,49 +169,123 @@ class FragSoftQ:
     @torch.no_grad()
     def log_prob_terminal(self, states: Sequence[FragState]) -> np.ndarray:
         """Exact log P(x) of ending in each state x (done or not): forward DP over all its ancestors."""
+        return AncestorDAG(self.mdp, states).log_prob_terminal(self)
+
+    @torch.no_grad()
+    def log_prob_trajectories(self, trajs: list[list[tuple]]) -> np.ndarray:
+        """log P_F(tau) = sum_t log pi(a_t | s_t) of each trajectory, in one batched forward."""
+        steps = [(s, a) for traj in trajs for s, a, _ in traj]
+        logp = self.log_policy([s for s, _ in steps])[0]
+        per_step = logp.gather(1, torch.tensor([a for _, a in steps])[:, None])[:, 0].double().numpy()
+        return np.add.reduceat(per_step, np.cumsum([0] + [len(t) for t in trajs[:-1]]))
+
+
+class AncestorDAG:
+    """Every ancestor of a fixed set of states with its in-edges (parent, action), built once. Then one
+    batched forward over the ancestors and a DP level by level give, for each state x, exactly (sums
+    over every construction order of x): log P(x) under the policy, the entropy H(tau | x) of its
+    construction orders given x, and log n(x), the number of orders. Cheap enough to run during training."""
+
+    def __init__(self, mdp: FragmentMDP, states: Sequence[FragState]):
         states = [replace(s, done=False) for s in states]
-        ancestors: dict[FragState, list] = {}
+        in_edges: dict[FragState, list] = {}
         stack = list(states)
         while stack:
             s = stack.pop()
-            if s not in ancestors:
-                ancestors[s] = self.mdp.parents(s)
-                stack.extend(p for p, _ in ancestors[s])
-        order = sorted(ancestors, key=lambda s: s.n_blocks)
-        logpi = dict(zip(order, self.log_policy(order)[0]))
-        logp = {FragState(): 0.0}
-        for s in order[1:]:
-            logp[s] = torch.logsumexp(torch.tensor([logp[p] + logpi[p][a] for p, a in ancestors[s]]),
-                                      0).item()
-        return np.array([logp[s] + logpi[s][STOP].item() for s in states])
+            if s not in in_edges:
+                in_edges[s] = mdp.parents(s)
+                stack.extend(p for p, _ in in_edges[s])
+        self.order = sorted(in_edges, key=lambda s: s.n_blocks)   # the empty state first
+        pos = {s: i for i, s in enumerate(self.order)}
+        edges = np.array([(pos[p], a, pos[s], s.n_blocks) for s in self.order for p, a in in_edges[s]],
+                         dtype=np.int64).reshape(-1, 4)
+        self.parent, self.action, self.child, level = edges.T
+        self.levels = [level == k for k in range(1, self.order[-1].n_blocks + 1)]
+        self.targets = np.array([pos[s] for s in states], dtype=np.int64)
+
+    @torch.no_grad()
+    def evaluate(self, agent: FragSoftQ) -> dict[str, np.ndarray]:
+        """Per target x: log_p = log P_T(x) (stop included); cond_entropy = H(tau | x) under the policy;
+        log_n = log n(x). With L(s) = log sum_paths prod pi and M(s) = E[sum log pi | paths to s, weighted
+        by prod pi]: L(s') = logsumexp_e (L(s) + log pi_e), M(s') = sum_e w_e (M(s) + log pi_e),
+        w_e = exp(L(s) + log pi_e - L(s')), and H(tau | x) = L(x) - M(x)."""
+        logpi = agent.log_policy(self.order)[0].double().numpy()
+        edge_logpi = logpi[self.parent, self.action]
+        size = len(self.order)
+        log_mass, mean_logp, log_n = np.full(size, -np.inf), np.zeros(size), np.full(size, -np.inf)
+        log_mass[0] = log_n[0] = 0.0
+        for e in self.levels:                 # parents have one block fewer: done before their children
+            src, dst, lp = self.parent[e], self.child[e], edge_logpi[e]
+            np.logaddexp.at(log_mass, dst, log_mass[src] + lp)
+            np.logaddexp.at(log_n, dst, log_n[src])
+            np.add.at(mean_logp, dst, np.exp(log_mass[src] + lp - log_mass[dst]) * (mean_logp[src] + lp))
+        t = self.targets
+        return {"log_p": log_mass[t] + logpi[t, STOP], "cond_entropy": log_mass[t] - mean_logp[t],
+                "log_n": log_n[t]}
+
+    def uniform_pb_path_kl(self) -> np.ndarray:
+        """Per target x: KL(P_B(tau | x) || uniform over the n(x) orders) for the uniform backward policy
+        (1 / #in-edges at every state), exactly: what a GSQL sampler with uniform P_B has at its optimum,
+        i.e. the most trajectory entropy the max-ent P_B can add over it given x. With
+        M(s') = E[log P_B(tau | s')] = sum_e (M(s) - log k(s')) / k(s'), k = in-edges: KL = log n + M."""
+        size = len(self.order)
+        k = np.bincount(self.child, minlength=size).astype(float)
+        mean_logpb, log_n = np.zeros(size), np.full(size, -np.inf)
+        log_n[0] = 0.0
+        for e in self.levels:
+            src, dst = self.parent[e], self.child[e]
+            np.logaddexp.at(log_n, dst, log_n[src])
+            np.add.at(mean_logpb, dst, (mean_logpb[src] - np.log(k[dst])) / k[dst])
+        return log_n[self.targets] + mean_logpb[self.targets]
+
+    def log_prob_terminal(self, agent: FragSoftQ) -> np.ndarray:
+        return self.evaluate(agent)["log_p"]
 
 
 def train(mdp: FragmentMDP, reward: CachedReward, cfg: FragSoftQConfig, seed: int,
-          progress=lambda it, **_: it) -> tuple[FragSoftQ, list[dict]]:
+          progress=lambda it, **_: it, probe: Callable[[FragSoftQ], dict] | None = None,
+          stop: Callable[[list[dict]], bool] | None = None, mode_threshold: float | None = None
+          ) -> tuple[FragSoftQ, list[dict]]:
+    """Train for cfg.iterations, a curve row every cfg.eval_every. Optional, per row: `probe(agent)`'s
+    columns (e.g. the correlation with log R on a test set), `modes_visited` (distinct molecules with
+    r > mode_threshold sampled so far, exploration included), and `stop(rows)` ending training early."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     agent = FragSoftQ(mdp, cfg, reward)
     opt = torch.optim.Adam(agent.q.parameters(), lr=cfg.lr)
-    rows, window = [], []
+    rows, window, modes = [], [], set()
     for it in progress(range(1, cfg.iterations + 1), desc="soft Q"):
-        loss, r_final = agent.loss(agent.sample(cfg.batch_size, gen, cfg.epsilon))
+        trajs = agent.sample(cfg.batch_size, gen, cfg.epsilon)
+        loss, r_final = agent.loss(trajs)
         opt.zero_grad()
         loss.backward()
         opt.step()
         window.append((loss.item(), float(r_final.mean())))
+        if mode_threshold is not None:
+            modes.update(mdp.to_smiles(t[-1][0]) for t, r in zip(trajs, r_final) if r > mode_threshold)
         if it % cfg.eval_every == 0 or it == cfg.iterations:
             losses, rs = zip(*window)
             rows.append({"step": it, "loss": float(np.mean(losses)), "train_reward": float(np.mean(rs)),
                          "molecules_scored": len(reward.cache)})
+            if mode_threshold is not None:
+                rows[-1]["modes_visited"] = len(modes)
+            if probe is not None:
+                rows[-1].update(probe(agent))
             window = []
+            if not np.isfinite(rows[-1]["loss"]):
+                raise FloatingPointError(f"soft Q loss is {rows[-1]['loss']} at iteration {it}")
+            if stop is not None and stop(rows):
+                break
     return agent, rows
 
 
 @torch.no_grad()
-def sample_metrics(agent: FragSoftQ, n: int, gen: torch.Generator, mode_threshold: float
-                   ) -> tuple[list[dict], dict]:
-    """n molecules from the trained policy (no exploration): one row each, and summary metrics."""
-    finals = [traj[-1][0] for traj in agent.sample(n, gen)]
+def sample_metrics(agent: FragSoftQ, n: int, gen: torch.Generator, mode_threshold: float,
+                   trajectories: list[list[tuple]] | None = None) -> tuple[list[dict], dict]:
+    """n molecules from the trained policy (no exploration; or the given `trajectories` of it): one row
+    each, and summary metrics ("modes": distinct molecules with r > mode_threshold among them)."""
+    trajectories = agent.sample(n, gen) if trajectories is None else trajectories
+    finals = [traj[-1][0] for traj in trajectories]
     r = agent.reward(finals)
     rows = [{"smiles": agent.mdp.to_smiles(s), "reward": float(x), "n_blocks": s.n_blocks}
             for s, x in zip(finals, r)]
@@ -226,16 +300,59 @@ def sample_metrics(agent: FragSoftQ, n: int, gen: torch.Generator, mode_threshol
                   "at_max_blocks": float(np.mean([s.n_blocks == agent.mdp.max_blocks for s in finals]))}
 
 
-def likelihood_metrics(agent: FragSoftQ, test_states: Sequence[FragState]) -> dict:
-    """Exact log P(x) of the policy on a fixed test set vs its target beta log r(x): Pearson correlation
-    (the standard GFlowNet check on spaces too large to enumerate) and the log Z estimate V(s0)."""
-    from scipy.stats import pearsonr, spearmanr
+class LikelihoodProbe:
+    """The standard GFlowNet check on spaces too large to enumerate, on a fixed test set: correlation of
+    the policy's exact log P(x) with its target beta log r(x) (a sampler of R/Z has log P = beta log r -
+    log Z, correlation 1). The test molecules are scored once, on a cache of their own, so they do not
+    count as molecules the training run scored; their ancestor DAG is built once."""
 
-    unique = list(dict.fromkeys(replace(s, done=False) for s in test_states))
-    log_p = agent.log_prob_terminal(unique)
-    log_r = agent.cfg.beta * np.log(agent.reward(unique))
+    def __init__(self, mdp: FragmentMDP, score: Callable[[list], np.ndarray], test_states: Sequence[FragState],
+                 beta: float):
+        unique = list(dict.fromkeys(replace(s, done=False) for s in test_states))
+        self.dag = AncestorDAG(mdp, unique)
+        self.log_r = beta * np.log(CachedReward(mdp, score)(unique))
+
+    def __call__(self, agent: FragSoftQ) -> dict:
+        from scipy.stats import pearsonr, spearmanr
+
+        d = self.dag.evaluate(agent)
+        return {"pearson_logp_logr": float(pearsonr(d["log_p"], self.log_r)[0]),
+                "spearman_logp_logr": float(spearmanr(d["log_p"], self.log_r)[0]),
+                "test_path_kl": float(np.mean(d["log_n"] - d["cond_entropy"]))}
+
+
+def likelihood_metrics(agent: FragSoftQ, test_states: Sequence[FragState]) -> dict:
+    """LikelihoodProbe's correlations on the test set, its size, and the log Z estimate V(s0)."""
+    probe = LikelihoodProbe(agent.mdp, agent.reward.score, test_states, agent.cfg.beta)
     with torch.no_grad():
         _, masks, q0 = agent.log_policy([agent.mdp.initial_state()])
         v0 = soft_value(q0, agent.tau(masks).float()).item()
-    return {"test_molecules": len(unique), "pearson_logp_logr": float(pearsonr(log_p, log_r)[0]),
-            "spearman_logp_logr": float(spearmanr(log_p, log_r)[0]), "v_s0": v0}
+    return {"test_molecules": len(probe.log_r), **probe(agent), "v_s0": v0}
+
+
+def trajectory_entropy_metrics(agent: FragSoftQ, terminals: Sequence[FragState]) -> dict:
+    """Entropies of the sampler over its own samples x (no exploration), each a mean over x of an exact
+    per-x quantity, with its standard error over x (`<name>_se`), in nats:
+      trajectory_entropy   H(tau) = E_x[-log P_T(x) + H(tau | x)], what the max-ent backward policy
+                           raises (the Rao-Blackwellised form of -E log P_F(tau): no noise over orders);
+      terminal_entropy     H(x) = -E log P_T(x);
+      conditional_entropy  E_x H(tau | x), the entropy of the construction orders, at most E log n(x);
+      mean_log_paths       E log n(x), n(x) = construction orders of x (exact path counts);
+      path_kl              E_x[log n(x) - H(tau | x)] = E_x KL(P(tau | x) || uniform over the n(x) orders)
+                           >= 0 for every x: 0 for an exact max-ent sampler (and for exact naive soft
+                           Q-learning, whose trajectories are ~ R(x) each), > 0 for uniform P_B on trees
+                           whose leaves have different path counts (5 or more blocks);
+      uniform_pb_path_kl   the same KL for the uniform P_B itself (exact, no policy): what GSQL with
+                           uniform P_B keeps at its optimum, the most max-ent can add to H(tau) over it.
+    """
+    dag = AncestorDAG(agent.mdp, terminals)
+    d = dag.evaluate(agent)
+    terms = {"trajectory_entropy": d["cond_entropy"] - d["log_p"], "terminal_entropy": -d["log_p"],
+             "conditional_entropy": d["cond_entropy"], "mean_log_paths": d["log_n"],
+             "path_kl": d["log_n"] - d["cond_entropy"], "uniform_pb_path_kl": dag.uniform_pb_path_kl()}
+    n = len(terminals)
+    out = {"entropy_samples": n}
+    for name, v in terms.items():
+        out[name] = float(v.mean())
+        out[f"{name}_se"] = float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return out

@@ -11,9 +11,14 @@ H_min = d log(min_width) (the method note's 1e-3; when H_max <= H_min, H_min = H
   static     tau / (H_max - H_min)                       (decoupled, static)
   auto       learned log tau, target entropy -d          (SAC's default)
   decoupled  learned log tau, target alpha H_max + (1 - alpha) H_min
-Learned temperatures minimise tau * E[-log pi - target] over log tau: tau rises while the policy's entropy
-is below the target. Under ActionRescale(s) the agent's log-density is the unit-box one minus d log s, so a
-target of -d is unreachable for s < e^-1 / 2 (max entropy d log 2s < -d) and tau then grows without bound.
+Learned temperatures minimise tau * E[-log pi - target] over log tau: tau rises while the policy's entropy is
+below the target. The log pi in that loss is the one the actor's loss used, sampled before the actor's step
+(as in stable-baselines3 and softlearning, where one sample serves both losses); CleanRL draws a fresh sample
+after the actor's step. Kept because it costs no extra forward pass, it is what the awm baseline was run with,
+and the two differ by one actor step of lr_pi, which moves the batch entropy far less than the gap between the
+entropy and the target that drives tau. Under ActionRescale(s) the agent's log-density is the unit-box one
+minus d log s, so a target of -d is unreachable for s < e^-1 / 2 (max entropy d log 2s < -d) and tau then
+grows without bound.
 
 Unit-box entropy: the entropy of the policy after mapping its actions affinely onto [-1, 1]^d,
 -E[log pi + sum_i log((high_i - low_i) / 2)] (= the agent-box entropy - d log s under ActionRescale(s)),

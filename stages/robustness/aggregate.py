@@ -175,6 +175,19 @@ def task_claims(task, summary, adv, cfg, conf):
     }
     out, m = [], {"sizes": {z: params[z] for z in sizes}, "seeds": seeds}
     kw = dict(method=METHOD, confidence=conf)
+    for z in sizes:  # competence first: an ASR on a near-chance classifier says nothing about robustness
+        out.append(
+            stats.one_sample(
+                [acc["clean", z, sd] for sd in seeds],
+                null=cfg["min_clean_accuracy"],
+                claim_text=(
+                    f"{task}: the undefended {z} ({params[z]:,} params) reaches clean val accuracy >= "
+                    f"{cfg['min_clean_accuracy']}"
+                ),
+                metric="clean val accuracy, undefended",
+                **kw,
+            )
+        )
     for z in sizes:
         out.append(
             stats.one_sample(
@@ -195,6 +208,15 @@ def task_claims(task, summary, adv, cfg, conf):
                 **kw,
             )
         )
+    out.append(
+        stats.paired(
+            [np.mean([asr["clean", T, z, sd] for z in sizes]) for sd in seeds],
+            [np.mean([asr["adv", T, z, sd] for z in sizes]) for sd in seeds],
+            claim_text=f"{task}: adversarial training lowers {T} ASR (mean over sizes)",
+            metric=f"{T} ASR drop (before - after), mean over sizes",
+            **kw,
+        )
+    )
     before = [np.mean([acc["clean", z, sd] for z in sizes]) for sd in seeds]
     after = [np.mean([acc["adv", z, sd] for z in sizes]) for sd in seeds]
     out.append(
@@ -219,6 +241,24 @@ def task_claims(task, summary, adv, cfg, conf):
             alternative="less",
             claim_text=(f"{task}: bigger undefended models resist {T} better (slope of ASR vs log10 params < 0)"),
             metric="d ASR / d log10 params, undefended",
+            **kw,
+        )
+    )
+    # With ASR saturated at 1 the end point cannot show a size trend; how fast ASR rises can (the paper's
+    # attack compute to a given ASR): the mean of the ASR curve over iterations.
+    auc = {
+        (z, sd): _value(summary, task, z, sd, "clean", T, "asr_mean_over_iterations") for z in sizes for sd in seeds
+    }
+    out.append(
+        stats.one_sample(
+            [slope(logp, [auc[z, sd] for z in sizes]) for sd in seeds],
+            null=0.0,
+            alternative="less",
+            claim_text=(
+                f"{task}: bigger undefended models take more {T} iterations to break (slope of the ASR curve's "
+                "mean over iterations vs log10 params < 0)"
+            ),
+            metric="d mean-over-iterations ASR / d log10 params, undefended",
             **kw,
         )
     )
@@ -294,6 +334,8 @@ def task_claims(task, summary, adv, cfg, conf):
             "heldout_asr_undefended": {z: float(np.mean([asr["clean", H, z, sd] for sd in seeds])) for z in sizes},
             "heldout_asr_adv": {z: float(np.mean([asr["adv", H, z, sd] for sd in seeds])) for z in sizes},
             "val_accuracy_before": float(np.mean(before)),
+            "val_accuracy_undefended": {z: float(np.mean([acc["clean", z, sd] for sd in seeds])) for z in sizes},
+            "val_accuracy_adv": {z: float(np.mean([acc["adv", z, sd] for sd in seeds])) for z in sizes},
             "val_accuracy_after": float(np.mean(after)),
         }
     )

@@ -43,6 +43,7 @@ def build(
         pad_token_id=pad_id,
         hidden_dropout=0.0,
         attention_dropout=0.0,
+        initializer_range=size.get("init", 0.02),
     )
     return GPTNeoXForSequenceClassification(cfg)
 
@@ -117,6 +118,13 @@ def train_step_flops(config: Mapping[str, Any], lengths: Sequence[int], attentio
     """Forward + backward (gradients of inputs and weights: 2x the forward) of a right-padded batch;
     padding counts because the matmuls run on it."""
     return 3 * forward_flops(config, len(lengths), max(lengths), attention=attention)
+
+
+def lm_step_flops(config: Mapping[str, Any], batch: int, n: int, attention: bool = True) -> int:
+    """Forward + backward of a causal-LM step: the transformer as in `train_step_flops` with the
+    vocabulary head on every position instead of the classification head on the last one."""
+    head = 2 * config["hidden_size"] * (n * config["vocab_size"] - config["num_labels"])
+    return 3 * (forward_flops(config, batch, n, attention=attention) + batch * head)
 
 
 def gcg_grad_flops(config: Mapping[str, Any], new: int, past: int, n_attack: int, attention: bool = True) -> int:

@@ -46,8 +46,13 @@ def run(ctx: StageContext) -> None:
         TR.load_optimizer_tensors(opt, model, tensors)
         gen.set_state(tensors["generator"])
         step, rows, flops, sampler_state = progress["step"], progress["rows"], progress["flops"], progress["sampler"]
+    if saved is None and cfg.lm_steps:  # an interrupted pretraining phase reruns (deterministic) from scratch
+        rows = TR.lm_pretrain(model, x, pad, cfg, torch.Generator().manual_seed(ctx.seed + 1_000_003))
+        flops = rows[-1]["flops"]
+        log.info("language-model pretraining: %d steps, loss %.4f", cfg.lm_steps, rows[-1]["loss"])
     nxt = _sampler(len(x), cfg.batch_size, gen, sampler_state)
     config = M.config_dict(model)
+    offset = cfg.lm_steps  # curve steps count pretraining first
     while step < cfg.steps:
         idx = nxt()
         seqs = [x[i] for i in idx]
@@ -55,7 +60,8 @@ def run(ctx: StageContext) -> None:
         flops += M.train_step_flops(config, [len(s) for s in seqs])
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
-            rows.append({"step": step, "loss": loss, "val_accuracy": TR.accuracy(model, xv, yv, pad), "flops": flops})
+            acc = TR.accuracy(model, xv, yv, pad)
+            rows.append({"step": offset + step, "loss": loss, "val_accuracy": acc, "flops": flops})
             log.info("step %d loss %.4f val acc %.3f", step, loss, rows[-1]["val_accuracy"])
             resume.save(
                 {
@@ -71,7 +77,14 @@ def run(ctx: StageContext) -> None:
     ctx.write_curve("curve", rows, ["step", "loss", "val_accuracy", "flops"])
     ctx.write_json(
         "metrics",
-        {"params": M.n_params(model), "train_flops": flops, "val_accuracy": rows[-1]["val_accuracy"], "steps": step},
+        {
+            "params": M.n_params(model),
+            "params_non_embedding": M.n_params(model) - model.gpt_neox.embed_in.weight.numel(),
+            "train_flops": flops,
+            "val_accuracy": rows[-1]["val_accuracy"],
+            "steps": step,
+            "lm_steps": cfg.lm_steps,
+        },
     )
     resume.clear()
 

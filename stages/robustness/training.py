@@ -29,6 +29,7 @@ class TrainConfig:
     weight_decay: float  # AdamW weight decay
     log_every: int  # steps between curve rows and resume saves
     max_grad_norm: float = 1.0  # gradient clipping
+    lm_steps: int = 0  # language-model pretraining steps on the training texts before the classifier (0: none)
 
 
 def load_split(path: str | Path, split: str) -> list[dict[str, Any]]:
@@ -56,7 +57,24 @@ def attacked_ids(seg: dict[str, list[int]], attack: Sequence[int], position: str
 
 
 def encode_split(tok: Tokenizer, rows: list[dict[str, Any]], path: str) -> list[dict[str, list[int]]]:
-    return [segments(tok, r, f"{path}: split {r['split']} example {r['example']}") for r in rows]
+    """`segments` of every row; batch-encoded (tens of thousands of rows), with `segments`' error for a
+    text the tokenizer cannot encode."""
+    if not rows:
+        return []
+    unk = tok.token_to_id(T.UNK)
+    texts = {
+        "head": [r["instructions"] + r["content"] for r in rows],
+        "chunk": [r["chunk"] for r in rows],
+        "answer": [r["answer"] for r in rows],
+    }
+    ids = {k: [e.ids for e in tok.encode_batch(v, add_special_tokens=False)] for k, v in texts.items()}
+    out = []
+    for i, r in enumerate(rows):
+        seg = {k: list(ids[k][i]) if texts[k][i] else [] for k in ids}
+        if unk is not None and any(unk in v for v in seg.values()):
+            seg = segments(tok, r, f"{path}: split {r['split']} example {r['example']}")  # raises, naming it
+        out.append(seg)
+    return out
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -85,6 +103,35 @@ def train_step(
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
     return float(loss.detach())
+
+
+def lm_pretrain(model, seqs: list[list[int]], pad_id: int, cfg: TrainConfig, gen: torch.Generator) -> list[dict]:
+    """`cfg.lm_steps` of next-token prediction on the (unlabelled) training texts, through a causal-LM
+    head sharing `model`'s transformer; the head is dropped afterwards. Rows: step, loss, flops."""
+    from transformers import GPTNeoXForCausalLM
+
+    lm = GPTNeoXForCausalLM(model.config)
+    lm.gpt_neox = model.gpt_neox  # shared: what the LM learns is what the classifier starts from
+    lm_cfg = TrainConfig(**{**cfg.__dict__, "steps": cfg.lm_steps})
+    opt = make_optimizer(lm, lm_cfg)
+    config, rows, flops = M.config_dict(model), [], 0
+    lm.train()
+    for step in range(cfg.lm_steps):
+        idx = torch.randint(len(seqs), (cfg.batch_size,), generator=gen).tolist()
+        ids, mask = M.pad_batch([seqs[i] for i in idx], pad_id)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, lm_cfg)
+        loss = lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        if not torch.isfinite(loss):
+            raise DivergedError(f"language-model loss is {loss.item()} at pretraining step {step}")
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), cfg.max_grad_norm)
+        opt.step()
+        flops += M.lm_step_flops(config, cfg.batch_size, ids.shape[1])
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.lm_steps:
+            rows.append({"step": step + 1, "loss": float(loss.detach()), "val_accuracy": math.nan, "flops": flops})
+    return rows
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:

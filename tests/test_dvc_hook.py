@@ -1,0 +1,87 @@
+"""The DVC params hook (stages/common/site/workbench_dvc_hook.py) answers exactly what DVC's own
+`read_param_file` answers, re-reads a changed file, hands out copies, and is active in the venv."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.dependency import param as dvc_param
+from dvc_objects.fs.local import LocalFileSystem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages" / "common" / "site"))
+import workbench_dvc_hook as hook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIGINAL = getattr(dvc_param.read_param_file, "__wrapped__", dvc_param.read_param_file)
+FS = LocalFileSystem()
+
+
+@pytest.fixture
+def cached():
+    hook._parsed.clear()
+    return hook.cached_read_param_file(ORIGINAL)
+
+
+def stage_key_lists() -> list[list[str]]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    keys = ([k for k in s.get("params", []) if isinstance(k, str)] for s in stages.values())
+    return [k for k in keys if k]
+
+
+def outcome(read, *args):
+    """The value, or the type of the error, so two implementations can be compared on bad input too."""
+    try:
+        return read(FS, *args)
+    except Exception as exc:  # noqa: BLE001 - the comparison is the point
+        return type(exc)
+
+
+def test_every_stage_reads_what_dvc_reads(cached):
+    path = str(ROOT / "params.yaml")
+    keys = stage_key_lists()
+    assert len(keys) > 100
+    every_key = sorted({k for stage in keys for k in stage})
+    expected = ORIGINAL(FS, path, every_key, True)  # DVC's answer, read once for all stages
+    for key_paths in keys:
+        assert cached(FS, path, key_paths, True) == {k: expected[k] for k in key_paths}, key_paths
+    for key_paths in (every_key, *keys[::40]):  # the nested form DVC uses for `params diff`
+        assert cached(FS, path, key_paths, False) == ORIGINAL(FS, path, key_paths, False)
+    assert cached(FS, path) == ORIGINAL(FS, path)
+    assert len(hook._parsed) == 1  # parsed once for all stages
+
+
+@pytest.mark.parametrize("keys", [["a.*"], ["a.b", "missing.key"], ["a.list.0"], ["a.b", "a.b"]])
+def test_globs_missing_keys_and_list_indices_match_dvc(cached, tmp_path, keys):
+    path = tmp_path / "params.yaml"
+    path.write_text("a:\n  b: 1\n  c: {d: no}\n  list: [x, y]\n")
+    for flatten in (True, False):
+        assert outcome(cached, str(path), keys, flatten) == outcome(ORIGINAL, str(path), keys, flatten)
+
+
+def test_a_changed_file_is_read_again_and_results_are_copies(cached, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("m:\n  lr: 0.1\n  layers: [8, 8]\n")
+    first = cached(FS, str(path), ["m.layers"], True)
+    first["m.layers"].append(99)
+    assert cached(FS, str(path), ["m.layers"], True) == {"m.layers": [8, 8]}
+    path.write_text("m:\n  lr: 0.2\n  layers: [8, 8]\n")
+    os.utime(path, ns=(1, 1))  # same size; a different mtime alone must invalidate
+    assert cached(FS, str(path), ["m.lr"], True) == {"m.lr": 0.2}
+
+
+def test_a_broken_params_file_still_fails_as_in_dvc(cached, tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("a: [unclosed\n")
+    error = outcome(ORIGINAL, str(path), ["a"], True)
+    assert isinstance(error, type) and outcome(cached, str(path), ["a"], True) is error
+
+
+@pytest.mark.parametrize("switch, active", [("1", True), ("0", False)])
+def test_the_venv_loads_the_hook_unless_switched_off(switch, active):
+    """`./workbench` writes the .pth file that installs the hook at interpreter start."""
+    code = "import dvc.dependency.param as p; print(hasattr(p.read_param_file, '__wrapped__'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "WORKBENCH_DVC_HOOK": switch}).stdout.strip()
+    assert out == str(active), "run ./workbench once: it installs the hook's .pth into .venv"
