@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stages.common import artifacts
-from stages.common.resume import ResumeState, rng_state, set_rng_state
+from stages.common.resume import ResumeState, load_optimizer_tensors, optimizer_tensors, rng_state, set_rng_state
 from stages.common.stage import StageContext, uses_torch
 
 
@@ -71,3 +71,27 @@ def test_stages_without_torch_do_not_import_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert not uses_torch("common.noop") and uses_torch("koopman.train")
+
+
+def test_optimizer_state_round_trips_through_flat_tensors_and_ignores_other_keys():
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+        return net, torch.optim.Adam(net.parameters(), lr=0.1)
+
+    def step(net, opt, n):
+        for i in range(n):
+            opt.zero_grad()
+            net(torch.full((2, 3), float(i))).pow(2).sum().backward()
+            opt.step()
+
+    net, opt = make()
+    step(net, opt, 3)
+    flat = {**optimizer_tensors(opt, "opt"), **{f"0.{k}": v for k, v in net.state_dict().items()}}
+    assert set(flat) >= {"opt.0.exp_avg", "opt.3.exp_avg_sq", "opt.1.step"}
+    net2, opt2 = make()
+    net2.load_state_dict(net.state_dict())
+    load_optimizer_tensors(opt2, flat, "opt")  # the module's own "0.weight" keys are not read
+    step(net, opt, 2)
+    step(net2, opt2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))

@@ -86,3 +86,22 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat tensors `<prefix>.<param index>.<name>` (safetensors
+    holds tensors only); the param groups (learning rate...) are rebuilt from the config, not saved."""
+    return {f"{prefix}.{i}.{name}": torch.as_tensor(value)
+            for i, state in optimizer.state_dict()["state"].items() for name, value in state.items()}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
+                           prefix: str) -> None:
+    """Inverse of `optimizer_tensors`; keys under other prefixes are ignored (give the optimizer a prefix
+    no module's state shares)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            index, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(index), {})[name] = value.clone()
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stages.common.resume import ResumeState
+from stages.common.resume import ResumeState, load_optimizer_tensors, optimizer_tensors
 from stages.envs.nethack import NetHackVecEnv, episode_seed, seed_split
 
 log = logging.getLogger(__name__)
@@ -105,22 +104,6 @@ class Stopped(Exception):
     """Raised by `train(stop_after=k)`: simulates a kill after k updates (tests)."""
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter state as flat tensors `optimizer.<param>.<name>` (for safetensors);
-    the param groups (learning rate...) are rebuilt from the config, not saved."""
-    return {f"optimizer.{i}.{name}": value for i, state in optimizer.state_dict()["state"].items()
-            for name, value in state.items()}
-
-
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state[int(index)][name] = value
-    optimizer.load_state_dict({"state": dict(state), "param_groups": optimizer.state_dict()["param_groups"]})
-
-
 def train(cfg: PPOConfig, make_agent: Callable[[], nn.Module], observe: Observe, reward: StepReward,
           seed: int, max_episode_steps: int | None, resume: ResumeState | None = None, resume_key: str = "",
           stop_after: int | None = None, progress: Callable = lambda it, **kw: it,
@@ -159,7 +142,7 @@ def train(cfg: PPOConfig, make_agent: Callable[[], nn.Module], observe: Observe,
     if saved is not None:
         tensors, state = saved
         agent.load_state_dict({k.removeprefix("agent."): v for k, v in tensors.items() if k.startswith("agent.")})
-        load_optimizer_tensors(optimizer, tensors)
+        load_optimizer_tensors(optimizer, tensors, "optimizer")
         torch.set_rng_state(tensors["torch_rng"])
         next_done = tensors["next_done"]
         start_update, global_step = state["update"] + 1, state["global_step"]
@@ -248,7 +231,7 @@ def train(cfg: PPOConfig, make_agent: Callable[[], nn.Module], observe: Observe,
                      curve[-1]["intrinsic_per_step"])
         if resume is not None and update % cfg.checkpoint_every == 0 and update < cfg.num_updates:
             resume.save({**{f"agent.{k}": v for k, v in agent.state_dict().items()},
-                         **optimizer_tensors(optimizer), "torch_rng": torch.get_rng_state(),
+                         **optimizer_tensors(optimizer, "optimizer"), "torch_rng": torch.get_rng_state(),
                          "next_done": next_done},
                         {"key": resume_key, "update": update, "global_step": global_step,
                          "venv": venv.state(), "reward": reward.state_dict(), "curve": curve,

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stages.common.resume import load_optimizer_tensors, optimizer_tensors
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 TEMPERATURE_KINDS = ("fixed", "static", "auto", "decoupled")
 
@@ -222,21 +224,6 @@ class ReplayBuffer:
             getattr(self, f)[:self.size] = state[f"buffer.{f}"]
 
 
-def _optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items()
-            for k, v in s.items()}
-
-
-def _load_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix + "."):
-            i, k = key[len(prefix) + 1:].split(".")
-            state.setdefault(int(i), {})[k] = value.clone()
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-
-
 class SAC:
     """The agent: networks, optimizers, temperature, replay buffer and the generator of every random draw."""
 
@@ -311,10 +298,10 @@ class SAC:
                **{f"critic_target.{k}": v for k, v in self.critic_target.state_dict().items()},
                "temperature.log_tau": self.temperature.log_tau.detach().clone(),
                "rng": self.gen.get_state(), "updates": torch.tensor(self.updates),
-               **_optimizer_state("pi_opt", self.pi_opt), **_optimizer_state("q_opt", self.q_opt),
+               **optimizer_tensors(self.pi_opt, "pi_opt"), **optimizer_tensors(self.q_opt, "q_opt"),
                **self.buffer.state()}
         if self.temperature.learned:
-            out.update(_optimizer_state("temperature_opt", self.temperature.opt))
+            out.update(optimizer_tensors(self.temperature.opt, "temperature_opt"))
         return out
 
     def load_policy(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -329,10 +316,10 @@ class SAC:
             self.temperature.log_tau.copy_(tensors["temperature.log_tau"])
         self.gen.set_state(tensors["rng"])
         self.updates = int(tensors["updates"])
-        _load_optimizer("pi_opt", self.pi_opt, tensors)
-        _load_optimizer("q_opt", self.q_opt, tensors)
+        load_optimizer_tensors(self.pi_opt, tensors, "pi_opt")
+        load_optimizer_tensors(self.q_opt, tensors, "q_opt")
         if self.temperature.learned:
-            _load_optimizer("temperature_opt", self.temperature.opt, tensors)
+            load_optimizer_tensors(self.temperature.opt, tensors, "temperature_opt")
         self.buffer.load(tensors)
 
 

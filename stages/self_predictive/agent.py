@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stages.common.resume import load_optimizer_tensors, optimizer_tensors
+
 VARIANTS = {"zp_ema": ("zp", "ema"), "zp_detached": ("zp", "detached"), "zp_online": ("zp", "online"),
             "op": ("op", None), "none": (None, None)}
 
@@ -274,9 +276,7 @@ class Agent:
     def state(self, with_buffer: bool = True) -> dict[str, torch.Tensor]:
         out = {f"{name}.{k}": v for name, m in self.modules().items() for k, v in m.state_dict().items()}
         for name, opt in self.optimizers().items():
-            for i, st in opt.state_dict()["state"].items():
-                for k, v in st.items():
-                    out[f"{name}.{i}.{k}"] = torch.as_tensor(v)
+            out.update(optimizer_tensors(opt, f"opt_{name}"))
         out["gen"] = self.gen.get_state()
         return {**out, **(self.buffer.state() if with_buffer else {})}
 
@@ -285,11 +285,7 @@ class Agent:
             m.load_state_dict({k.removeprefix(f"{name}."): v for k, v in t.items() if k.startswith(f"{name}.")
                                and not k.startswith(f"{name}_")})
         for name, opt in self.optimizers().items():
-            sd = opt.state_dict()
-            n_params = len(sd["param_groups"][0]["params"])
-            sd["state"] = {i: {k: t[f"{name}.{i}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")}
-                           for i in range(n_params) if f"{name}.{i}.step" in t}
-            opt.load_state_dict(sd)
+            load_optimizer_tensors(opt, t, f"opt_{name}")
         self.gen.set_state(t["gen"])
         self.buffer.load(t)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stages.common.resume import ResumeState, rng_state, set_rng_state
+from stages.common.resume import ResumeState, load_optimizer_tensors, optimizer_tensors, rng_state, set_rng_state
 from stages.common.stage import StageContext
 from stages.self_predictive.agent import latent_rank, mean_abs_cos, srank
 
@@ -164,8 +164,7 @@ class Learner:
         out = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         out |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
         out |= {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        for i, st in self.opt.state_dict()["state"].items():
-            out |= {f"opt.{i}.{k}": torch.as_tensor(v) for k, v in st.items()}
+        out |= optimizer_tensors(self.opt, "opt")
         out["gen"] = self.gen.get_state()
         out["episodes.cue"] = torch.tensor(self.episodes["cue"], dtype=torch.long)
         out["episodes.actions"] = torch.tensor(self.episodes["actions"], dtype=torch.long).reshape(
@@ -176,10 +175,7 @@ class Learner:
         for name in ("net", "target", "model"):
             getattr(self, name).load_state_dict({k[len(name) + 1:]: v for k, v in t.items()
                                                  if k.startswith(f"{name}.")})
-        sd = self.opt.state_dict()
-        sd["state"] = {i: {k: t[f"opt.{i}.{k}"] for k in ("step", "exp_avg", "exp_avg_sq")}
-                       for i in range(len(sd["param_groups"][0]["params"])) if f"opt.{i}.step" in t}
-        self.opt.load_state_dict(sd)
+        load_optimizer_tensors(self.opt, t, "opt")
         self.gen.set_state(t["gen"])
         self.episodes = {"cue": t["episodes.cue"].tolist(), "actions": t["episodes.actions"].tolist()}
 
