@@ -8,11 +8,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
-import tempfile
 from functools import cache
 from pathlib import Path
 
+from stages.common.files import atomic_path
 from stages.common.params import PACKAGE_DIR
 
 ROOT = PACKAGE_DIR.parent
@@ -54,11 +53,8 @@ def _save_disk_cache() -> None:
     if not _dirty or _disk is None:
         return
     try:
-        IMPORTS_CACHE.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=IMPORTS_CACHE.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(_disk, f)
-        os.replace(tmp, IMPORTS_CACHE)
+        with atomic_path(IMPORTS_CACHE) as tmp:
+            tmp.write_text(json.dumps(_disk))
         _dirty = False
     except OSError:
         pass  # a read-only checkout still works, it only parses again next time

@@ -10,10 +10,10 @@ Snakemake keeps the source files themselves as each rule's `code` input.
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 from stages.common.code import ROOT, code_files
+from stages.common.files import atomic_path, file_sha256
 
 FINGERPRINT_DIR = "data/code"
 STAGE_NAME = "code_fingerprints"
@@ -25,17 +25,14 @@ def fingerprint_path(module: str) -> str:
 
 def fingerprint_text(module: str) -> str:
     """`sha256sum` lines of the module's code files: a diff of two versions names the file that changed."""
-    return "".join(f"{hashlib.sha256((ROOT / rel).read_bytes()).hexdigest()}  {rel}\n"
+    return "".join(f"{file_sha256(ROOT / rel)}  {rel}\n"
                    for rel in code_files(module))
 
 
 def write(modules: Iterable[str]) -> list[str]:
-    from stages.common.artifacts import atomic_path
-
     written = []
     for module in modules:
         path = ROOT / fingerprint_path(module)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(fingerprint_text(module))
         written.append(str(path.relative_to(ROOT)))
