@@ -3,8 +3,12 @@
 1. No-op rebuild cost over the whole graph: `snakemake -n` and `dvc status` after a full build, each
    against the bare cost of starting the same tool (`snakemake --version`, `dvc --version`) in the same
    run, so the ratio shows what the graph itself costs; and `dvc status` with the params hook switched
-   off (`WORKBENCH_DVC_HOOK=0`, plain DVC), the hook's baseline. Wall and CPU seconds (children's user +
-   system time), so a figure taken on a loaded machine can still be compared.
+   off (`WORKBENCH_DVC_HOOK=0`, plain DVC), the hook's baseline. Snakemake's own floor: `snakemake -n`
+   over a synthetic workflow with as many rules and jobs as the real graph (each job one input from the
+   rule before, a log and a benchmark file, outputs present) but none of this project's glue (no params
+   functions, conda envs or code inputs), so the ratio the glue could at best reach is on the table.
+   Wall and CPU seconds (children's user + system time), so a figure taken on a loaded machine can
+   still be compared.
 2. Wall time and peak memory of every stage, from Snakemake's `benchmark:` files of the last build.
 
 Usage: ./workbench run && .venv/bin/dvc commit -f && .venv/bin/python bench/workflow.py [--repeats 5]
@@ -15,8 +19,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +57,47 @@ def noop_table(repeats: int) -> None:
               f"{med(t) / med(b):.2f}x | {med(tc) / med(bc):.2f}x |")
 
 
+def graph_size() -> tuple[int, int]:
+    """(rules, jobs) of the real graph, from a forced dry run's job stats."""
+    out = subprocess.run(["snakemake", "-n", "-F", "--cores", "1"], cwd=ROOT, capture_output=True, text=True).stdout
+    table = out[out.index("Job stats:"):]
+    table = table[: table.index("total")]
+    counts = [int(m.group(1)) for m in re.finditer(r"^\w+\s+(\d+)$", table, re.M)]
+    return len(counts), sum(counts)
+
+
+def synthetic_workflow(folder: Path, rules: int, jobs: int) -> None:
+    """`rules` chained rules with one wildcard sharing `jobs` jobs, every output already built."""
+    per_rule = [jobs // rules + (r < jobs % rules) for r in range(rules)]
+    lines = []
+    for r, n in enumerate(per_rule):
+        inp = f'    input: "out/r{r - 1}/{{i}}.txt"\n' if r and n <= per_rule[r - 1] else ""
+        lines.append(f'rule r{r}:\n{inp}    output: "out/r{r}/{{i}}.txt"\n    log: "logs/r{r}/{{i}}.log"\n'
+                     f'    benchmark: "bench/r{r}/{{i}}.tsv"\n    shell: "touch {{output}} {{log}}"\n')
+    targets = [f"out/r{r}/{i}.txt" for r, n in enumerate(per_rule) for i in range(n)]
+    (folder / "Snakefile").write_text(f"rule all:\n    input: {targets!r}\n\n" + "\n".join(lines))
+    for t in targets:  # built in rule order, so every output is newer than its input
+        (folder / t).parent.mkdir(parents=True, exist_ok=True)
+        (folder / t).touch()
+
+
+def floor_row(repeats: int) -> None:
+    rules, jobs = graph_size()
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_workflow(Path(tmp), rules, jobs)
+        walls, cpus = [], []
+        for _ in range(repeats):
+            before, start = os.times(), time.perf_counter()
+            subprocess.run(["snakemake", "-n", "--nolock", "--cores", "1", "--quiet"], cwd=tmp, check=True,
+                           capture_output=True)
+            walls.append(time.perf_counter() - start)
+            after = os.times()
+            cpus.append(after.children_user + after.children_system - before.children_user - before.children_system)
+    (b, bc), med = timed(["snakemake", "--version"], repeats), statistics.median
+    print(f"| `snakemake -n`, synthetic graph ({rules} rules, {jobs} jobs, no glue) | {med(walls):.2f} | "
+          f"{med(cpus):.2f} | {med(b):.2f} / {med(bc):.2f} | {med(walls) / med(b):.2f}x | {med(cpus) / med(bc):.2f}x |")
+
+
 def stage_table() -> None:
     print("\n## Stages of the last build (Snakemake benchmark files)\n")
     print("| stage | wall s | peak RSS MB |")
@@ -66,4 +113,5 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     noop_table(args.repeats)
+    floor_row(args.repeats)
     stage_table()

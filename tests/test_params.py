@@ -1,5 +1,7 @@
 """Params are validated before any work; every error names the key."""
 import copy
+import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +81,40 @@ def test_stage_runner_rejects_a_wrong_type_from_the_params_file(tmp_path, env):
     assert out.returncode == 2
     assert "key 'koopman.systems.duffing.n_train': 'lots' is not of type 'integer'" in out.stderr
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_remembered_validation_skips_only_a_config_that_passed(tmp_path, monkeypatch):
+    import stages.common.params as P
+
+    monkeypatch.setattr(P, "VALID_CACHE", tmp_path / "valid.json")
+    calls = []
+    real = P.validate
+    monkeypatch.setattr(P, "validate", lambda params, source: calls.append(source) or real(params, source))
+    P.validate_remembered(DEFAULT, "first")
+    P.validate_remembered(copy.deepcopy(DEFAULT), "second")
+    assert calls == ["first"]  # the same config is not validated again
+    with pytest.raises(ParamsError, match=r"key 'koopman\.train\.steps'"):
+        P.validate_remembered(mutated("koopman.train.steps", 0), "changed")
+    assert calls == ["first", "changed"]
+    P.VALID_CACHE.write_text("{corrupt")
+    P.validate_remembered(DEFAULT, "after corruption")
+    assert calls[-1] == "after corruption"
+
+
+KOOPMAN_TRAIN = DEFAULT["koopman"]["train"]
+
+
+@pytest.mark.parametrize("cli, expected", [
+    ([], {"train_steps": KOOPMAN_TRAIN["steps"], "lr": KOOPMAN_TRAIN["lr"]}),  # params.yaml alone
+    (["--configfile", "config/tiny.yaml"], {"train_steps": 30, "lr": KOOPMAN_TRAIN["lr"]}),  # keeps siblings
+    (["--configfile", "params.yaml", "config/tiny.yaml"], {"train_steps": 30, "lr": KOOPMAN_TRAIN["lr"]}),
+])
+def test_snakefile_config_is_params_yaml_under_the_command_line(cli, expected, env):
+    """The Snakefile reads params.yaml itself (libyaml) and puts what the command line gave on top, as
+    Snakemake's `configfile:` directive would: the values reach the stage command."""
+    out = subprocess.run(["snakemake", "-n", "-p", "-F", "--cores", "1", "koopman_all", *cli], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    command = next(ln for ln in out.stdout.splitlines() if "python -m stages run koopman.train" in ln)
+    args = shlex.split(command[command.index("python"):])
+    train = json.loads(args[args.index("--params-json") + 1])["koopman.train"]
+    assert {"train_steps": train["steps"], "lr": train["lr"]} == expected

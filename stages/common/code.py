@@ -17,6 +17,7 @@ from stages.common.params import PACKAGE_DIR
 ROOT = PACKAGE_DIR.parent
 
 
+@cache
 def module_file(module: str) -> Path:
     """`stages.koopman.train` (or `koopman.train`) -> its .py file."""
     parts = module.split(".")

@@ -14,10 +14,14 @@ import json
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+from stages.common.files import atomic_path
+
+if TYPE_CHECKING:
+    import jsonschema
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # libyaml's parser where PyYAML was built with it (the wheels are): the schemas are read on every
@@ -69,17 +73,22 @@ def deep_merge(base: Mapping, overlay: Mapping) -> dict:
     return out
 
 
+def read_params_file(path: str | Path) -> dict:
+    """One params file as a mapping (not validated)."""
+    try:
+        data = _safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParamsError(f"{path}: cannot read params file ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{path}: params file must hold a mapping at the top level")
+    return data
+
+
 def load_params(*files: str | Path) -> dict:
     """Load and deep-merge params files in order, then validate the result."""
     merged: dict = {}
     for f in files:
-        try:
-            data = _safe_load(Path(f).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ParamsError(f"{f}: cannot read params file ({exc})") from exc
-        if not isinstance(data, Mapping):
-            raise ParamsError(f"{f}: params file must hold a mapping at the top level")
-        merged = deep_merge(merged, data)
+        merged = deep_merge(merged, read_params_file(f))
     validate(merged, source=", ".join(map(str, files)))
     return merged
 
@@ -96,9 +105,36 @@ def _format_error(err: jsonschema.ValidationError, prefix: str = "") -> str:
     return f"key '{where}': {err.message}"
 
 
+# Every `snakemake` invocation validates the whole config; the answer depends only on the config and
+# the schema files, so a config that passed is remembered by their hash (a missing or corrupt cache
+# only means validating again).
+VALID_CACHE = PACKAGE_DIR.parent / ".cache" / "valid_params.json"
+
+
+def validate_remembered(params: Mapping, source: str) -> None:
+    """`validate` against the full schema, skipped when this exact config passed before."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in sorted(PACKAGE_DIR.rglob("*.schema.yaml")):
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()
+    try:
+        if json.loads(VALID_CACHE.read_text()) == key:
+            return
+    except (OSError, ValueError):
+        pass
+    validate(params, source=source)
+    try:
+        with atomic_path(VALID_CACHE) as tmp:
+            tmp.write_text(json.dumps(key))
+    except OSError:
+        pass  # read-only checkout: validates every time
+
+
 def validate(params: Any, source: str = "params", schema: Mapping | None = None,
              prefix: str = "") -> None:
     """Raise ParamsError listing every violation, each naming its dotted key."""
+    import jsonschema  # here: a remembered config needs no validator, and the import costs ~40 ms
+
     validator = jsonschema.Draft202012Validator(schema or full_schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
     if errors:

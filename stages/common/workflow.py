@@ -6,6 +6,7 @@ command line both engines execute.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 from collections.abc import Mapping
@@ -66,8 +67,13 @@ def stage_params(config: Mapping, stage: str, seed: str | None = None, **keys: s
     def resolved(wildcards) -> dict[str, str]:
         return {alias: dotted.format(**wildcards) for alias, dotted in keys.items()}
 
+    seen: dict[tuple, str] = {}
+
     def values(wildcards) -> str:
-        return json.dumps(select(config, resolved(wildcards).values()), sort_keys=True)
+        key = tuple(wildcards.items())
+        if key not in seen:
+            seen[key] = json.dumps(select(config, resolved(wildcards).values()), sort_keys=True)
+        return seen[key]
 
     def args(wildcards, input, output, threads) -> str:
         return stage_command(stage, resolved(wildcards), input, output, threads,
@@ -76,5 +82,13 @@ def stage_params(config: Mapping, stage: str, seed: str | None = None, **keys: s
 
     # `values` depends on wildcards only, so Snakemake records it and re-runs the job when it changes;
     # `args` (derived from input/output paths) is not compared.
+    for function in (resolved, values, args):
+        _known_signature(function)
     return {"stage": stage, "param_keys": resolved, "seed_wildcard": seed, "values": values,
             "args": args}
+
+
+def _known_signature(function) -> None:
+    """Snakemake inspects a params function's signature each time it calls it (for every job); this
+    attribute, which Snakemake reads first (`snakemake.common.get_function_params`), answers once."""
+    function._overwrite_params = inspect.signature(function).parameters
