@@ -480,3 +480,27 @@ def test_interrupted_training_resumes_to_the_same_model(chain, monkeypatch, stag
     assert (r / "re.csv").read_text() == (
         ref.parent / ("train_curve.csv" if stage == "train" else "adv_curve.csv")
     ).read_text()
+
+
+def test_advtrain_learning_rate_warms_up_over_the_first_steps(chain, monkeypatch):
+    """The adversarial rounds start from fresh optimizer moments, so their lr ramps up over `warmup`
+    steps (counted across rounds) before it stays at `lr`."""
+    r = chain["runs"]["s1", 0]
+    cfg = tiny_params()["advtrain"]
+    steps_per_round = -(-cfg["examples_per_epoch"] // cfg["batch_size"])
+    real, lrs = TR.train_step, []
+
+    def recording(model, opt, seqs, labels, pad_id, lr, *rest):
+        lrs.append(lr)
+        return real(model, opt, seqs, labels, pad_id, lr, *rest)
+
+    monkeypatch.setattr(TR, "train_step", recording)
+    out = {"model_out": r / "w.safetensors", "config_out": r / "w.json", "curve": r / "w.csv", "metrics": r / "wm.json"}
+    keys = {"advtrain": "robustness.advtrain", "attack": "robustness.attacks.gcg_suffix"}
+    inputs = {"examples": chain["examples"], "tokenizer": chain["tokenizer"], "model": r / "model.safetensors",
+              "config": r / "config.json"}
+    run_stage("advtrain", ctx_for("advtrain", {}, keys, inputs, out, 0, {"task": chain["task"], "size": "s1",
+                                                                           "seed": "0"}))
+    assert len(lrs) == cfg["rounds"] * steps_per_round and cfg["warmup"] >= 1
+    expected = [cfg["lr"] * min(1.0, (s + 1) / (cfg["warmup"] + 1)) for s in range(len(lrs))]
+    assert lrs == pytest.approx(expected) and lrs[0] < lrs[-1] == cfg["lr"]

@@ -5,7 +5,9 @@ training attack, its iterations ramped linearly from `iterations_start` to `iter
 rounds), add them with their true labels to a pool (the newest `pool_size` kept), draw a training set
 of `examples_per_epoch` prompts with at most `max_adv_fraction` adversarial ones (sampled without
 replacement, weights mixing recency exp(-decay * age) and loss rank, `loss_rank_weight`), and train one
-epoch on it. Defence FLOPs = the attacks' FLOPs + the training FLOPs. Resumable per finished round.
+epoch on it. The learning rate ramps up linearly over the first `warmup` steps: the optimizer starts
+with empty moments, and a full-size first step knocks a trained classifier off (measured: README).
+Defence FLOPs = the attacks' FLOPs + the training FLOPs. Resumable per finished round.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def run(ctx: StageContext) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.0)
     allowed, survives, init_id = attack_setup(tok, acfg["n_tokens"])
     order = np.random.default_rng(ctx.seed).permutation(len(segs))
+    steps_per_round = math.ceil(cfg["examples_per_epoch"] / cfg["batch_size"])
     need = cfg["rounds"] * cfg["examples_per_round"]
     if need > len(segs):
         raise ValueError(
@@ -158,9 +161,9 @@ def run(ctx: StageContext) -> None:
         for b in range(0, len(seqs), cfg["batch_size"]):
             idx = perm[b : b + cfg["batch_size"]]
             bs = [seqs[j] for j in idx]
-            losses.append(
-                TR.train_step(model, opt, bs, [ys[j] for j in idx], pad, cfg["lr"], 1.0, len(rows) * 1000 + b)
-            )
+            step = (rnd - 1) * steps_per_round + b // cfg["batch_size"]
+            lr = cfg["lr"] * min(1.0, (step + 1) / (cfg["warmup"] + 1))
+            losses.append(TR.train_step(model, opt, bs, [ys[j] for j in idx], pad, lr, 1.0, step))
             train_flops += M.train_step_flops(config, [len(s) for s in bs])
         prev = rows[-1]
         rows.append(
