@@ -79,12 +79,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--examples", type=int, default=32, help="attack-split prompts attacked per model")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--sizes", nargs="*", help="only these sizes (default: all in params.yaml)")
+    ap.add_argument("--seeds", nargs="*", type=int, help="only these seeds (default: all)")
     a = ap.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     rb = params["robustness"]
     task = sorted(rb["tasks"])[0]
     variants = {"undefended": {}, **{v.split("=", 1)[0]: json.loads(v.split("=", 1)[1]) for v in a.variant}}
-    jobs = [(v, o, s, k) for v, o in variants.items() for s in sorted(rb["sizes"]) for k in rb["seeds"]]
+    sizes, seeds = a.sizes or sorted(rb["sizes"]), a.seeds if a.seeds is not None else rb["seeds"]
+    jobs = [(v, o, s, k) for v, o in variants.items() for s in sizes for k in seeds]
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = pd.DataFrame(pool.map(lambda j: one(params, task, a.examples, *j, a.out), jobs))
     base = rows[rows.variant == "undefended"].set_index(["size", "seed"]).asr

@@ -504,3 +504,40 @@ def test_advtrain_learning_rate_warms_up_over_the_first_steps(chain, monkeypatch
     assert len(lrs) == cfg["rounds"] * steps_per_round and cfg["warmup"] >= 1
     expected = [cfg["lr"] * min(1.0, (s + 1) / (cfg["warmup"] + 1)) for s in range(len(lrs))]
     assert lrs == pytest.approx(expected) and lrs[0] < lrs[-1] == cfg["lr"]
+
+
+def test_a_local_pythia_folder_is_what_the_paper_profile_trains(chain, tmp_path):
+    """`tokenizer.pretrained` and `sizes.<s>.pretrained` load a local Pythia-shaped checkpoint (a causal-LM
+    GPT-NeoX saved by transformers, as the hub's Pythia folders are) with no download: the tokenizer is
+    the folder's, the classifier starts from the folder's transformer weights with a fresh head."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tok = T.load(chain["tokenizer"])
+    folder = tmp_path / "pythia-tiny"
+    torch.manual_seed(3)
+    lm = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
+                                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    lm.save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+
+    out = {"tokenizer": tmp_path / "tok.json", "metrics": tmp_path / "tok_metrics.json"}
+    run_stage("tokenizer", ctx_for("tokenizer", {"tokenizer": {"vocab_size": 512, "pretrained": str(folder)}}, {},
+                                   {"examples": [chain["examples"]]}, out))
+    assert T.load(out["tokenizer"]).get_vocab() == tok.get_vocab()
+    assert json.loads(out["metrics"].read_text())["source"] == str(folder)
+
+    size = {"hidden": 16, "layers": 1, "heads": 2, "init": 0.1, "pretrained": str(folder)}
+    model = M.build(size, tok.get_vocab_size(), T.pad_id(tok), 128)
+    assert torch.equal(model.gpt_neox.embed_in.weight, lm.gpt_neox.embed_in.weight)
+    assert model.score.out_features == M.NUM_LABELS
+    r = tmp_path / "run"
+    r.mkdir()
+    trained = {"model": r / "model.safetensors", "config": r / "config.json", "curve": r / "curve.csv",
+               "metrics": r / "metrics.json"}
+    run_stage("train", ctx_for("train", {"size": size}, {"train": "robustness.train",
+                                                          "max_positions": "robustness.max_positions"},
+                               {"examples": chain["examples"], "tokenizer": out["tokenizer"]}, trained, 0,
+                               {"task": chain["task"], "size": "pythia", "seed": "0"}))
+    assert json.loads(trained["config"].read_text())["hidden_size"] == 16
+    with pytest.raises(OSError):
+        M.build({**size, "pretrained": str(tmp_path / "missing")}, tok.get_vocab_size(), 0, 128)
