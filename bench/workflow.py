@@ -11,8 +11,10 @@
    still be compared.
 2. Wall time and peak memory of every stage, from Snakemake's `benchmark:` files of the last build.
 
-Usage: ./workbench run && .venv/bin/dvc commit -f && .venv/bin/python bench/workflow.py [--repeats 5]
-(`dvc commit -f` records the Snakemake-built outputs in dvc.lock, so `dvc status` has a full lock to check.)
+Usage: ./workbench run && .venv/bin/dvc commit -f --no-relink && .venv/bin/python bench/workflow.py [--repeats 5]
+(`dvc commit -f` records the Snakemake-built outputs in dvc.lock, so `dvc status` has a full lock to check;
+`--no-relink` leaves the workspace files alone: relinking them from the cache rewrites their mtimes out of
+the graph's order, and Snakemake then checksums every input that looks newer than its job's outputs.)
 """
 from __future__ import annotations
 

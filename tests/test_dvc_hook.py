@@ -1,5 +1,6 @@
-"""The DVC params hook (stages/common/site/workbench_dvc_hook.py) answers exactly what DVC's own
-`read_param_file` answers, re-reads a changed file, hands out copies, and is active in the venv."""
+"""The DVC hook (stages/common/site/workbench_dvc_hook.py) answers exactly what DVC's own
+`read_param_file` and `strictyaml.load` answer, re-reads a changed file, hands out copies, keeps
+nothing that failed, and is active in the venv."""
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dvc.dependency import param as dvc_param
+from dvc.dvcfile import Lockfile, ProjectFile
+from dvc.utils import strictyaml
 from dvc_objects.fs.local import LocalFileSystem
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages" / "common" / "site"))
@@ -15,6 +18,7 @@ import workbench_dvc_hook as hook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = getattr(dvc_param.read_param_file, "__wrapped__", dvc_param.read_param_file)
+DVC_LOAD = getattr(strictyaml.load, "__wrapped__", strictyaml.load)
 FS = LocalFileSystem()
 
 
@@ -78,10 +82,71 @@ def test_a_broken_params_file_still_fails_as_in_dvc(cached, tmp_path):
     assert isinstance(error, type) and outcome(cached, str(path), ["a"], True) is error
 
 
+@pytest.fixture
+def dvc_files(tmp_path):
+    """A repository folder holding this project's dvc.yaml and dvc.lock, and a load that counts DVC's calls."""
+    (tmp_path / ".dvc").mkdir()
+    for name in ("dvc.yaml", "dvc.lock"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return DVC_LOAD(*args, **kwargs)
+
+    return tmp_path, hook.remembered_load(counted), calls
+
+
+@pytest.mark.parametrize("name, schema", [("dvc.yaml", ProjectFile.SCHEMA), ("dvc.lock", Lockfile.SCHEMA)])
+def test_dvc_files_load_as_dvc_loads_them_and_once_per_content(dvc_files, name, schema):
+    folder, load, calls = dvc_files
+    path = str(folder / name)
+    expected = DVC_LOAD(path, schema, FS)
+    assert load(path, schema, FS) == expected and load(path, schema, FS) == expected
+    assert calls == [path]  # the second load read what the first kept
+    first = load(path, schema, FS)[0]
+    first.clear()
+    assert load(path, schema, FS) == expected  # every load hands out its own objects
+    with open(path, "a") as fh:
+        fh.write("\n# edited\n")
+    changed = DVC_LOAD(path, schema, FS)
+    assert load(path, schema, FS) == changed and len(calls) == 2
+    assert len(list((folder / ".dvc" / "tmp" / "workbench-yaml").glob(f"{name}.*"))) == 1  # stale entry gone
+
+
+def test_a_damaged_entry_or_a_bad_file_goes_through_dvc(dvc_files):
+    folder, load, calls = dvc_files
+    path = str(folder / "dvc.yaml")
+    expected = load(path, ProjectFile.SCHEMA, FS)
+    for entry in (folder / ".dvc" / "tmp" / "workbench-yaml").iterdir():
+        entry.write_bytes(b"\x00 not marshal")
+    assert load(path, ProjectFile.SCHEMA, FS) == expected and len(calls) == 2
+    (folder / "dvc.yaml").write_text("stages:\n  s:\n    cmd: [unclosed\n")
+    with pytest.raises(Exception) as dvc_error:
+        DVC_LOAD(path, ProjectFile.SCHEMA, FS)
+    for _ in range(2):  # nothing kept: DVC's error again, from DVC's own code
+        with pytest.raises(dvc_error.type):
+            load(path, ProjectFile.SCHEMA, FS)
+    (folder / "dvc.yaml").write_text("stages:\n  s:\n    cmd: echo\n    unknown_field: 1\n")
+    for _ in range(2):
+        with pytest.raises(strictyaml.YAMLValidationError):
+            load(path, ProjectFile.SCHEMA, FS)
+    assert len(calls) == 6
+
+
+def test_round_trip_loads_always_run_dvc(dvc_files):
+    folder, load, calls = dvc_files
+    path = str(folder / "dvc.lock")
+    data, _ = load(path, Lockfile.SCHEMA, FS, round_trip=True)
+    load(path, Lockfile.SCHEMA, FS, round_trip=True)
+    assert len(calls) == 2 and type(data).__name__ == "CommentedMap"
+
+
 @pytest.mark.parametrize("switch, active", [("1", True), ("0", False)])
 def test_the_venv_loads_the_hook_unless_switched_off(switch, active):
     """`./workbench` writes the .pth file that installs the hook at interpreter start."""
-    code = "import dvc.dependency.param as p; print(hasattr(p.read_param_file, '__wrapped__'))"
+    code = ("import dvc.dependency.param as p, dvc.utils.strictyaml as s; "
+            "print(hasattr(p.read_param_file, '__wrapped__') and hasattr(s.load, '__wrapped__'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "WORKBENCH_DVC_HOOK": switch}).stdout.strip()
     assert out == str(active), "run ./workbench once: it installs the hook's .pth into .venv"
