@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +28,16 @@ import pandas as pd
 import yaml
 
 from stages.common.stats import paired
+from stages.common.workflow import stage_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def stage(module: str, keys: dict, values: dict, inputs: dict, outputs: dict, seed: int, log: Path) -> None:
-    cmd = [sys.executable, "-m", "stages", "run", module, "--keys", *(f"{a}={k}" for a, k in keys.items()),
-           "--params-json", json.dumps(values), "--in", *(f"{k}={v}" for k, v in inputs.items()),
-           "--out", *(f"{k}={v}" for k, v in outputs.items()), "--threads", "1", "--seed", str(seed)]
+    """`python -m stages run`, with the command line the workflow rules build."""
+    args = stage_command(module, keys, {k: str(v) for k, v in inputs.items()},
+                         {k: str(v) for k, v in outputs.items()}, 1, seed, params_json=json.dumps(values))
+    cmd = [sys.executable, "-m", "stages", "run", *shlex.split(args)]
     with log.open("w") as fh:
         subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
@@ -50,8 +53,8 @@ def one(params: dict, task: str, examples: int, variant: str, overrides: dict, s
             "tokenizer": ROOT / "data" / "robustness" / "tokenizer.json"}
     attack_name = rb["advtrain"]["attack"]
     attack = rb["attacks"][attack_name]
-    model, config, row = built / "model.safetensors", built / "config.json", {"variant": variant, "size": size,
-                                                                              "seed": seed}
+    model, config = built / "model.safetensors", built / "config.json"
+    row = {"variant": variant, "size": size, "seed": seed}
     if variant != "undefended":
         advtrain = {**rb["advtrain"], **overrides}
         stage("robustness.advtrain", {"advtrain": "robustness.advtrain", "attack": f"robustness.attacks.{attack_name}"},

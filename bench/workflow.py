@@ -31,12 +31,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(cmd: list[str], repeats: int, env: dict | None = None) -> tuple[list[float], list[float]]:
+def timed(cmd: list[str], repeats: int, env: dict | None = None, cwd: Path = ROOT,
+          check: bool = False) -> tuple[list[float], list[float]]:
     walls, cpus = [], []
     for _ in range(repeats):
         before = os.times()
         start = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, env={**os.environ, **(env or {})})
+        subprocess.run(cmd, cwd=cwd, check=check, capture_output=True, env={**os.environ, **(env or {})})
         walls.append(time.perf_counter() - start)
         after = os.times()
         cpus.append(after.children_user + after.children_system - before.children_user - before.children_system)
@@ -87,14 +88,8 @@ def floor_row(repeats: int) -> None:
     rules, jobs = graph_size()
     with tempfile.TemporaryDirectory() as tmp:
         synthetic_workflow(Path(tmp), rules, jobs)
-        walls, cpus = [], []
-        for _ in range(repeats):
-            before, start = os.times(), time.perf_counter()
-            subprocess.run(["snakemake", "-n", "--nolock", "--cores", "1", "--quiet"], cwd=tmp, check=True,
-                           capture_output=True)
-            walls.append(time.perf_counter() - start)
-            after = os.times()
-            cpus.append(after.children_user + after.children_system - before.children_user - before.children_system)
+        walls, cpus = timed(["snakemake", "-n", "--nolock", "--cores", "1", "--quiet"], repeats, cwd=Path(tmp),
+                            check=True)
     (b, bc), med = timed(["snakemake", "--version"], repeats), statistics.median
     print(f"| `snakemake -n`, synthetic graph ({rules} rules, {jobs} jobs, no glue) | {med(walls):.2f} | "
           f"{med(cpus):.2f} | {med(b):.2f} / {med(bc):.2f} | {med(walls) / med(b):.2f}x | {med(cpus) / med(bc):.2f}x |")

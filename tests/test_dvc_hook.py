@@ -149,6 +149,14 @@ def test_a_damaged_entry_or_a_bad_file_goes_through_dvc(dvc_files):
     assert len(calls) == 6
 
 
+def test_the_kept_text_is_the_text_dvc_reads(dvc_files):
+    folder, load, _ = dvc_files
+    path = folder / "dvc.yaml"
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # a file saved on Windows
+    expected = DVC_LOAD(str(path), ProjectFile.SCHEMA, FS)
+    assert load(str(path), ProjectFile.SCHEMA, FS) == expected == load(str(path), ProjectFile.SCHEMA, FS)
+
+
 def test_round_trip_loads_always_run_dvc(dvc_files):
     folder, load, calls = dvc_files
     path = str(folder / "dvc.lock")

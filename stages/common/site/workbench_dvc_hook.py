@@ -114,7 +114,8 @@ def remembered_load(original):
         try:
             with open(path, "rb") as fh:
                 raw = fh.read()
-            text = raw.decode(encoding)
+            # the text DVC's own text-mode read hands back (universal newlines), for its error messages
+            text = raw.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
         except (OSError, UnicodeDecodeError):
             return original(path, schema, fs, encoding, round_trip)
         from dvc import __version__
